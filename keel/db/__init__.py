@@ -1,0 +1,6 @@
+"""The metadata database: engine set-up, the schema, and migrations applied safely at open."""
+
+from keel.db.engine import is_sqlite, make_engine, write_options
+from keel.db.migrate import HEAD_REVISION, ensure_schema
+
+__all__ = ["HEAD_REVISION", "ensure_schema", "is_sqlite", "make_engine", "write_options"]

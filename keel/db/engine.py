@@ -1,0 +1,71 @@
+"""SQLAlchemy engines tuned for Keel: SQLite in WAL mode with a busy timeout, or PostgreSQL.
+
+SQLite writers start with ``BEGIN IMMEDIATE`` so that two processes never deadlock upgrading a
+read lock to a write lock (the classic "database is locked" that a busy timeout cannot cure);
+readers start a plain deferred transaction and never block writers in WAL mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+__all__ = ["is_sqlite", "make_engine", "write_options"]
+
+#: Execution options that mark a connection as a writer (``BEGIN IMMEDIATE`` on SQLite).
+WRITE = {"keel_write": True}
+
+
+def write_options() -> dict[str, Any]:
+    """Execution options for a connection that will write."""
+    return dict(WRITE)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str, *, busy_timeout: float = 60.0) -> Engine:
+    """Create an engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys.
+
+    Args:
+        url: a SQLAlchemy URL; ``postgresql://`` is mapped to the psycopg 3 driver.
+        busy_timeout: seconds a SQLite writer waits for a lock held by another process.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    database = parsed.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+    )
+    timeout_ms = int(busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from the sqlite3 module (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("keel_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
