@@ -101,8 +101,8 @@ class Settings(BaseSettings):
         if self.home is None:
             home, found = find_home()
             self.home = home
-            sources["home"] = "found walking up from the current directory" if found else (
-                "default (./.keel)"
+            sources["home"] = (
+                "found walking up from the current directory" if found else ("default (./.keel)")
             )
         else:
             self.home = Path(self.home).expanduser().resolve()

@@ -87,8 +87,12 @@ runs = Table(
     # revision 0002: liveness, so a killed process's run is found and marked LOST
     Column("pid", Integer, nullable=True),
     Column("heartbeat_at", BigInteger, nullable=True),
-    Index("ix_runs_experiment_id_lifecycle_stage_start_time", "experiment_id",
-          "lifecycle_stage", "start_time"),
+    Index(
+        "ix_runs_experiment_id_lifecycle_stage_start_time",
+        "experiment_id",
+        "lifecycle_stage",
+        "start_time",
+    ),
     Index("ix_runs_status", "status"),
 )
 
@@ -111,8 +115,9 @@ tags = Table(
 metrics = Table(
     "metrics",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("run_id", String(32), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
     Column("key", String(250), nullable=False),
     Column("value", Float(precision=53), nullable=True),

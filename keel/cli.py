@@ -1,0 +1,132 @@
+"""The ``keel`` command: a root group whose subcommand groups are imported only when used.
+
+A user mistake (any :class:`keel.errors.KeelError`) prints one red message and exits 1, never a
+traceback; ``keel --help`` imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["cli", "main"]
+
+#: subcommand -> "module:attribute", imported on first use
+LAZY_COMMANDS = {
+    "experiments": (
+        "keel.tracking.cli:experiments",
+        "Create, list, rename and delete experiments.",
+    ),
+    "runs": ("keel.tracking.cli:runs", "List, show, search, compare, export and delete runs."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it is invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, _, attribute = LAZY_COMMANDS[cmd_name][0].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, LAZY_COMMANDS[name][1]) for name in LAZY_COMMANDS]
+        for name in super().list_commands(ctx):
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(60)))
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="keel", prog_name="keel")
+def cli() -> None:
+    """Keel: track experiments, version data and models, serve and monitor them.
+
+    \b
+    Examples:
+      keel init                      # a .keel store in this folder
+      keel runs search "metrics.rmse < 50 and params.model = 'ridge'"
+      keel runs compare 3f2a 9c1b
+    """
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(file_okay=False))
+def init(path: str | None) -> None:
+    """Create a Keel store (.keel/) in PATH (default: the current folder).
+
+    \b
+    Example:
+      keel init ~/projects/churn
+    """
+    from pathlib import Path
+
+    from keel.db import ensure_schema, make_engine
+    from keel.settings import HOME_DIRNAME, Settings
+
+    home = (Path(path) if path else Path.cwd()).resolve() / HOME_DIRNAME
+    existed = home.is_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    settings = Settings(home=home)
+    engine = make_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
+    ensure_schema(engine)
+    engine.dispose()
+    verb = "Using existing" if existed else "Created"
+    click.echo(f"{verb} Keel store at {home}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def config(as_json: bool) -> None:
+    """Print every setting's resolved value and where it came from.
+
+    \b
+    Example:
+      KEEL_HOME=/tmp/k keel config
+    """
+    from keel.settings import Settings
+
+    rows = Settings().describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("setting", "value", "from", "environment variable", box=None)
+    for row in rows:
+        table.add_row(row["name"], str(row["value"]), row["source"], row["env"])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``keel`` console script."""
+    from keel.errors import KeelError
+
+    try:
+        return cli.main(args=argv, prog_name="keel", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except KeelError as exc:
+        click.secho(f"Error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

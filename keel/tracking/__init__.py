@@ -1,0 +1,3 @@
+"""Experiment tracking: experiments, runs, params, metrics (history and latest), tags, search."""
+
+__all__: list[str] = []

@@ -1,0 +1,588 @@
+"""The tracking API: :class:`Client` over the metadata store and the artifact store.
+
+A Client is explicit (built from :class:`keel.settings.Settings`); the fluent functions in
+:mod:`keel.tracking.fluent` keep an active run and call it. Metric points are buffered and
+written in batches (see :mod:`keel.tracking.buffer`); every read first flushes what is pending,
+so a client always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import json
+import os
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from keel.artifacts.store import ArtifactStore
+from keel.db import ensure_schema, make_engine
+from keel.errors import InvalidInput, MissingExtra, NotFound
+from keel.settings import Settings
+from keel.tracking.buffer import MetricBuffer
+from keel.tracking.liveness import HOST, lost_runs
+from keel.tracking.models import (
+    ArtifactEntry,
+    Experiment,
+    LifecycleStage,
+    Metric,
+    Run,
+    RunPage,
+    RunStatus,
+)
+from keel.tracking.source import capture_source, current_user
+from keel.tracking.store import MetricPoint, TrackingStore, check_key, now_ms
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DEFAULT_EXPERIMENT", "Client"]
+
+DEFAULT_EXPERIMENT = "Default"
+MAX_RESULTS = 50_000
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _as_float(key: str, value: Any) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, bool) or (
+        not isinstance(value, int | float) and not hasattr(value, "__float__")
+    ):
+        raise InvalidInput(
+            f"metric {key!r} must be a number, got {type(value).__name__} {value!r}", key=key
+        )
+    return float(value)
+
+
+class Client:
+    """Tracking over an explicit store: ``Client(Settings(home=...))``.
+
+    Example:
+        >>> client = Client()
+        >>> run = client.create_run(client.get_or_create_experiment("demo").experiment_id)
+        >>> client.log_metric(run.run_id, "rmse", 0.4, step=1)
+        >>> client.end_run(run.run_id)
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.engine = make_engine(
+            self.settings.db_url, busy_timeout=self.settings.sqlite_busy_timeout
+        )
+        ensure_schema(self.engine)
+        self.store = TrackingStore(self.engine)
+        self._artifacts: ArtifactStore | None = None
+        self._open_runs: dict[str, None] = {}
+        self._buffer = MetricBuffer(
+            self.store,
+            interval=self.settings.metric_flush_interval,
+            size=self.settings.metric_flush_size,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            open_runs=lambda: list(self._open_runs),
+        )
+        self.mark_lost_runs()
+        _clients.add(self)
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(self.settings.artifacts_url)
+        return self._artifacts
+
+    def flush(self) -> None:
+        """Write every buffered metric point now."""
+        self._buffer.flush()
+
+    def close(self) -> None:
+        """Flush, stop the background writer and release database connections."""
+        self._buffer.close()
+        self.engine.dispose()
+        _clients.discard(self)
+
+    # -- experiments ----------------------------------------------------------------------
+    def create_experiment(self, name: str, *, tags: Mapping[str, str] | None = None) -> Experiment:
+        return self.store.get_experiment(self.store.create_experiment(name, tags=tags))
+
+    def get_experiment(self, experiment_id: int) -> Experiment:
+        return self.store.get_experiment(experiment_id)
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        return self.store.get_experiment_by_name(name)
+
+    def get_or_create_experiment(self, name: str) -> Experiment:
+        """The experiment called ``name``, created if missing (an AlreadyExists race is fine)."""
+        found = self.store.get_experiment_by_name(name)
+        if found is None:
+            from keel.errors import AlreadyExists
+
+            try:
+                return self.create_experiment(name)
+            except AlreadyExists:
+                found = self.store.get_experiment_by_name(name)
+                assert found is not None
+        if found.lifecycle_stage is LifecycleStage.DELETED:
+            raise InvalidInput(
+                f"experiment {name!r} is deleted; restore it with: keel experiments restore "
+                f"{found.experiment_id}",
+                name=name,
+            )
+        return found
+
+    def resolve_experiment(self, name_or_id: str | int) -> Experiment:
+        """An experiment by id (an int or digits) or by name."""
+        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+            try:
+                return self.store.get_experiment(int(name_or_id))
+            except NotFound:
+                if isinstance(name_or_id, int):
+                    raise
+        found = self.store.get_experiment_by_name(str(name_or_id))
+        if found is None:
+            raise NotFound(
+                f"no experiment named or numbered {name_or_id!r}; see: keel experiments list",
+                experiment=str(name_or_id),
+            )
+        return found
+
+    def list_experiments(self, *, lifecycle: str = "active") -> list[Experiment]:
+        return self.store.list_experiments(lifecycle=lifecycle)
+
+    def rename_experiment(self, experiment_id: int, new_name: str) -> Experiment:
+        self.store.rename_experiment(experiment_id, new_name)
+        return self.store.get_experiment(experiment_id)
+
+    def delete_experiment(self, experiment_id: int) -> None:
+        """Soft-delete an experiment and its runs (restore with restore_experiment)."""
+        self.store.set_experiment_lifecycle(experiment_id, LifecycleStage.DELETED)
+
+    def restore_experiment(self, experiment_id: int) -> None:
+        self.store.set_experiment_lifecycle(experiment_id, LifecycleStage.ACTIVE)
+
+    # -- runs -----------------------------------------------------------------------------
+    def create_run(
+        self,
+        experiment_id: int,
+        *,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> Run:
+        """Start a RUNNING run; records its source (git, entry point, packages) by default."""
+        all_tags: dict[str, Any] = {}
+        source = capture_source() if self.settings.capture_source else None
+        if source is not None:
+            all_tags.update(source.tags)
+        all_tags["keel.host"] = HOST
+        if parent_run_id is not None:
+            all_tags["keel.parent_run_id"] = parent_run_id
+        all_tags.update(tags or {})
+        run = self.store.create_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            user=current_user(),
+            host=HOST,
+            pid=os.getpid(),
+            tags=all_tags,
+            parent_run_id=parent_run_id,
+        )
+        self._open_runs[run.run_id] = None
+        self._buffer.start_heartbeats()
+        if source is not None:
+            self.log_text(run.run_id, source.requirements, "keel/requirements.txt")
+            if source.diff:
+                self.log_text(run.run_id, source.diff, "keel/source.diff")
+        return run
+
+    def end_run(self, run_id: str, *, status: RunStatus | str = RunStatus.FINISHED) -> None:
+        """Flush the run's metrics and mark it ended with ``status``."""
+        try:
+            final = RunStatus(str(status).upper())
+        except ValueError:
+            raise InvalidInput(
+                f"unknown run status {status!r}; use one of "
+                + ", ".join(s.value for s in RunStatus if s.is_terminal),
+                status=str(status),
+            ) from None
+        if not final.is_terminal:
+            raise InvalidInput(f"end_run needs a final status, not {final.value}")
+        self._open_runs.pop(run_id, None)
+        self._buffer.flush()
+        self.store.set_run_status(run_id, final, end_time=now_ms())
+
+    def get_run(self, run_id: str) -> Run:
+        self._buffer.flush()
+        return self.store.get_run(run_id)
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The full id of the one run whose id starts with ``prefix``."""
+        return self.store.resolve_run_id(prefix)
+
+    def delete_runs(self, run_ids: Sequence[str]) -> int:
+        return self.store.set_run_lifecycle(run_ids, LifecycleStage.DELETED)
+
+    def restore_runs(self, run_ids: Sequence[str]) -> int:
+        return self.store.set_run_lifecycle(run_ids, LifecycleStage.ACTIVE)
+
+    def mark_lost_runs(self) -> list[str]:
+        """Mark LOST every RUNNING run whose process is gone; returns their ids."""
+        lost = lost_runs(
+            (r for r in self.store.running_runs() if r.run_id not in self._open_runs),
+            now_ms=now_ms(),
+            timeout_s=self.settings.lost_run_timeout,
+        )
+        self.store.mark_lost(lost)
+        return lost
+
+    # -- params, tags, metrics ------------------------------------------------------------
+    def log_param(self, run_id: str, key: str, value: Any) -> None:
+        self.store.log_params(run_id, {key: value})
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        self.store.log_params(run_id, params)
+
+    def set_tag(self, run_id: str, key: str, value: Any) -> None:
+        self.store.set_tags(run_id, {key: value})
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.store.set_tags(run_id, tags)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self.store.delete_tag(run_id, key)
+
+    def log_metric(
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        *,
+        step: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Buffer one metric point (no database round trip)."""
+        if type(key) is not str or not key or len(key) > 250:
+            check_key(key, what="metric")
+        self._buffer.add(
+            MetricPoint(
+                run_id,
+                key,
+                value if type(value) is float else _as_float(key, value),
+                0 if step is None else int(step),
+                now_ms() if timestamp is None else int(timestamp),
+            )
+        )
+
+    def log_metrics(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        *,
+        step: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Buffer several metric points sharing one step and timestamp."""
+        ts = now_ms() if timestamp is None else int(timestamp)
+        st = 0 if step is None else int(step)
+        points = []
+        for key, value in metrics.items():
+            if type(key) is not str or not key or len(key) > 250:
+                check_key(key, what="metric")
+            points.append(
+                MetricPoint(
+                    run_id, key, value if type(value) is float else _as_float(key, value), st, ts
+                )
+            )
+        self._buffer.extend(points)
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
+        """Every (step, timestamp, value) logged for ``key``, in step order."""
+        self._buffer.flush()
+        return self.store.metric_history(run_id, key)
+
+    # -- search ---------------------------------------------------------------------------
+    def search_runs(
+        self,
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] | None = None,
+        experiment_ids: Sequence[int] | None = None,
+        max_results: int = 1000,
+        page_token: str | None = None,
+        lifecycle: Literal["active", "deleted", "all"] = "active",
+    ) -> RunPage:
+        """One page of runs matching ``filter_string`` (see docs/search.md).
+
+        Raises:
+            InvalidQuery: the filter or an order_by clause does not parse.
+        """
+        if not 0 < max_results <= MAX_RESULTS:
+            raise InvalidInput(f"max_results must be between 1 and {MAX_RESULTS}")
+        self._buffer.flush()
+        order = list(order_by or [])
+        fingerprint = _query_fingerprint(filter_string, order, experiment_ids, lifecycle)
+        offset = _decode_token(page_token, fingerprint) if page_token else 0
+        ids = self.store.search_run_ids(
+            filter_string=filter_string,
+            order_by=order,
+            experiment_ids=experiment_ids,
+            lifecycle=lifecycle,
+            limit=max_results + 1,
+            offset=offset,
+        )
+        token = None
+        if len(ids) > max_results:
+            ids = ids[:max_results]
+            token = _encode_token(offset + max_results, fingerprint)
+        return RunPage(runs=self.store.get_runs(ids), next_page_token=token)
+
+    def search_all(
+        self,
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] | None = None,
+        experiment_ids: Sequence[int] | None = None,
+        max_results: int = 1000,
+        lifecycle: Literal["active", "deleted", "all"] = "active",
+    ) -> list[Run]:
+        """Up to ``max_results`` runs, following page tokens as needed."""
+        runs: list[Run] = []
+        token = None
+        while len(runs) < max_results:
+            page = self.search_runs(
+                filter_string,
+                order_by=order_by,
+                experiment_ids=experiment_ids,
+                max_results=min(max_results - len(runs), MAX_RESULTS),
+                page_token=token,
+                lifecycle=lifecycle,
+            )
+            runs.extend(page.runs)
+            token = page.next_page_token
+            if token is None:
+                break
+        return runs
+
+    # -- artifacts ------------------------------------------------------------------------
+    def log_artifact(
+        self, run_id: str, local_path: str | Path, *, artifact_path: str | None = None
+    ) -> ArtifactEntry:
+        """Store a file as ``<artifact_path>/<file name>``."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise InvalidInput(f"{path} is not a file (use log_artifacts for a directory)")
+        blob = self.artifacts.put_file(path)
+        entry = ArtifactEntry(
+            path=_join(artifact_path, path.name), digest=blob.digest, size=blob.size, kind="file"
+        )
+        self.store.record_artifact(run_id, entry)
+        return entry
+
+    def log_artifacts(
+        self, run_id: str, local_dir: str | Path, *, artifact_path: str | None = None
+    ) -> ArtifactEntry:
+        """Store a directory (as a manifest of its files) under ``artifact_path``."""
+        path = Path(local_dir)
+        if not path.is_dir():
+            raise InvalidInput(f"{path} is not a directory (use log_artifact for a file)")
+        blob = self.artifacts.put_dir(path)
+        entry = ArtifactEntry(
+            path=_clean(artifact_path or ""), digest=blob.digest, size=blob.size, kind="dir"
+        )
+        self.store.record_artifact(run_id, entry)
+        return entry
+
+    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> ArtifactEntry:
+        blob = self.artifacts.put_bytes(data)
+        entry = ArtifactEntry(
+            path=_clean(artifact_file), digest=blob.digest, size=blob.size, kind="file"
+        )
+        if not entry.path:
+            raise InvalidInput("artifact_file must name a file, e.g. 'notes/summary.txt'")
+        self.store.record_artifact(run_id, entry)
+        return entry
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> ArtifactEntry:
+        return self.log_bytes(run_id, text.encode("utf-8"), artifact_file)
+
+    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
+        """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
+        if artifact_file.endswith((".yaml", ".yml")):
+            import yaml
+
+            text = yaml.safe_dump(dict(data), sort_keys=False)
+        else:
+            text = json.dumps(data, indent=2, default=str)
+        return self.log_text(run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
+        """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
+        import io
+
+        suffix = Path(artifact_file).suffix.lstrip(".").lower() or "png"
+        if not hasattr(figure, "savefig"):
+            raise InvalidInput(f"log_figure needs a matplotlib Figure, got {type(figure).__name__}")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix)
+        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+
+    def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
+        """Store a pandas DataFrame (or a dict of columns) as Parquet."""
+        if not artifact_file.endswith(".parquet"):
+            raise InvalidInput(
+                f"log_table writes Parquet; name the file *.parquet, not {artifact_file!r}"
+            )
+        import io
+
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - pandas is a core dependency
+            raise MissingExtra("pandas", extra="sklearn") from exc
+        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+
+    def list_artifacts(self, run_id: str, path: str = "") -> list[ArtifactEntry]:
+        """Every artifact file of the run under ``path`` (directories expanded)."""
+        prefix = _clean(path)
+        files: dict[str, ArtifactEntry] = {}
+        for entry in self.store.artifact_entries(run_id):
+            if entry.kind == "dir":
+                for rel, blob in self.artifacts.read_manifest(entry.digest).items():
+                    full = _join(entry.path, rel)
+                    files[full] = ArtifactEntry(
+                        path=full, digest=blob.digest, size=blob.size, kind="file"
+                    )
+            else:
+                files[entry.path] = entry
+        return [
+            e
+            for p, e in sorted(files.items())
+            if not prefix or p == prefix or p.startswith(prefix + "/")
+        ]
+
+    def download_artifacts(self, run_id: str, path: str = "", *, dst: str | Path) -> Path:
+        """Copy the artifacts under ``path`` into ``dst``; returns the local path of ``path``.
+
+        Raises:
+            NotFound: the run has no artifact at ``path``.
+            StorageError: a stored object does not match its hash (corruption).
+        """
+        entries = self.list_artifacts(run_id, path)
+        if not entries:
+            raise NotFound(f"run {run_id} has no artifact at {path!r}", run_id=run_id, path=path)
+        root = Path(dst)
+        for entry in entries:
+            target = root / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.artifacts.get_file(entry.digest, target)
+        return root / _clean(path) if path else root
+
+    def read_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of one artifact file (verified against its hash)."""
+        entries = [e for e in self.list_artifacts(run_id, path) if e.path == _clean(path)]
+        if not entries:
+            raise NotFound(f"run {run_id} has no artifact file {path!r}", run_id=run_id)
+        return self.artifacts.read_bytes(entries[0].digest)
+
+    # -- tables ---------------------------------------------------------------------------
+    @staticmethod
+    def runs_to_frame(runs: Sequence[Run]) -> pd.DataFrame:
+        """Runs as a DataFrame with MLflow's columns: run_id, ..., params.x, metrics.y, tags.z."""
+        import pandas as pd
+
+        rows = []
+        for run in runs:
+            row: dict[str, Any] = {
+                "run_id": run.run_id,
+                "experiment_id": run.experiment_id,
+                "run_name": run.run_name,
+                "status": run.status.value,
+                "user": run.user,
+                "start_time": pd.Timestamp(run.start_time, unit="ms", tz="UTC"),
+                "end_time": (
+                    pd.Timestamp(run.end_time, unit="ms", tz="UTC")
+                    if run.end_time is not None
+                    else pd.NaT
+                ),
+            }
+            row.update({f"metrics.{k}": v for k, v in run.metrics.items()})
+            row.update({f"params.{k}": v for k, v in run.params.items()})
+            row.update({f"tags.{k}": v for k, v in run.tags.items()})
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            frame = pd.DataFrame(
+                columns=[
+                    "run_id",
+                    "experiment_id",
+                    "run_name",
+                    "status",
+                    "user",
+                    "start_time",
+                    "end_time",
+                ]
+            )
+        fixed = [c for c in frame.columns if "." not in c]
+        dynamic = sorted(c for c in frame.columns if "." in c)
+        order = [
+            *fixed,
+            *(c for c in dynamic if c.startswith("metrics.")),
+            *(c for c in dynamic if c.startswith("params.")),
+            *(c for c in dynamic if c.startswith("tags.")),
+        ]
+        return frame[order]
+
+
+def _clean(path: str) -> str:
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInput(f"artifact path {path!r} may not contain '..'")
+    return "/".join(parts)
+
+
+def _join(base: str | None, name: str) -> str:
+    return _clean(f"{base or ''}/{name}")
+
+
+def _query_fingerprint(
+    filter_string: str, order: list[str], experiment_ids: Sequence[int] | None, lifecycle: str
+) -> str:
+    raw = json.dumps([filter_string, order, sorted(experiment_ids or []), lifecycle])
+    return hashlib.blake2s(raw.encode(), digest_size=6).hexdigest()
+
+
+def _encode_token(offset: int, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": fingerprint}).encode()).decode()
+
+
+def _decode_token(token: str, fingerprint: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset = int(data["o"])
+        same = data["q"] == fingerprint
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"page token {token!r} is not one Keel issued") from exc
+    if not same or offset < 0:
+        raise InvalidInput(
+            "this page token belongs to a different query; repeat the query with the same "
+            "filter, order and experiments to page through it"
+        )
+    return offset
+
+
+def flush_all_clients() -> None:
+    """Flush every live client's buffered points (called at process exit)."""
+    for client in list(_clients):
+        try:
+            client.flush()
+        except Exception as exc:  # at exit there is no caller left to raise to
+            import sys
+
+            print(f"keel: could not write buffered metrics at exit: {exc}", file=sys.stderr)
+
+
+atexit.register(flush_all_clients)

@@ -1,0 +1,128 @@
+"""Buffered metric writes: ``log_metric`` appends in memory; a background thread writes batches.
+
+A batch is written when ``size`` points are waiting or ``interval`` seconds have passed, and
+synchronously on ``flush()`` (end of a run, a read that must see the points, process exit). A
+batch that fails to write is put back at the front of the queue, never dropped; the error is
+kept and raised by the next ``flush()``. The same thread refreshes the heartbeat of open runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from keel.errors import KeelError, StorageError
+from keel.tracking.store import MetricPoint, TrackingStore
+
+__all__ = ["MetricBuffer"]
+
+log = logging.getLogger(__name__)
+
+
+class MetricBuffer:
+    def __init__(
+        self,
+        store: TrackingStore,
+        *,
+        interval: float,
+        size: int,
+        heartbeat_interval: float,
+        open_runs: Callable[[], list[str]],
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._size = size
+        self._heartbeat_interval = heartbeat_interval
+        self._open_runs = open_runs
+        self._points: list[MetricPoint] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def add(self, point: MetricPoint) -> None:
+        with self._lock:
+            self._points.append(point)
+            pending = len(self._points)
+        if self._thread is None:
+            self._start()
+        if pending >= self._size:
+            self._wake.set()
+
+    def extend(self, points: list[MetricPoint]) -> None:
+        with self._lock:
+            self._points.extend(points)
+            pending = len(self._points)
+        if self._thread is None:
+            self._start()
+        if pending >= self._size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._points)
+
+    def flush(self) -> None:
+        """Write every buffered point now.
+
+        Raises:
+            StorageError: the points could not be written; they stay buffered for a retry.
+        """
+        with self._write_lock:
+            with self._lock:
+                points, self._points = self._points, []
+            if not points:
+                return
+            try:
+                self._store.log_metric_points(points)
+            except BaseException as exc:
+                with self._lock:
+                    self._points[:0] = points
+                if isinstance(exc, KeelError):
+                    raise
+                raise StorageError(
+                    f"could not write {len(points)} metric points ({exc}); they are still "
+                    "buffered and will be retried",
+                    pending=len(points),
+                ) from exc
+            self._error = None
+
+    def start_heartbeats(self) -> None:
+        """Make sure the background thread runs (it also sends heartbeats)."""
+        if self._thread is None:
+            self._start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="keel-metrics", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        last_beat = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # kept for the next synchronous flush to report
+                self._error = exc
+                log.warning("keel: metric write failed, will retry: %s", exc)
+            if time.monotonic() - last_beat >= self._heartbeat_interval:
+                last_beat = time.monotonic()
+                try:
+                    self._store.heartbeat(self._open_runs())
+                except Exception as exc:
+                    log.warning("keel: heartbeat failed: %s", exc)

@@ -1,0 +1,512 @@
+"""``keel experiments ...`` and ``keel runs ...``: each command calls one Client method.
+
+Listings print a rich table, or JSON with ``--json``; run ids may be abbreviated to any unique
+prefix (``keel runs show 3f2a``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keel.errors import InvalidInput, NotFound
+from keel.tracking.api import Client
+from keel.tracking.models import Experiment, Run, RunStatus
+
+__all__ = ["experiments", "runs"]
+
+_STATUS_STYLE = {
+    RunStatus.RUNNING: "cyan",
+    RunStatus.FINISHED: "green",
+    RunStatus.FAILED: "red",
+    RunStatus.KILLED: "yellow",
+    RunStatus.LOST: "magenta",
+    RunStatus.SCHEDULED: "blue",
+}
+_MAX_DYNAMIC_COLUMNS = 8
+
+
+def _client() -> Client:
+    return Client()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, allow_nan=True))
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(run: Run) -> str:
+    ms = run.duration
+    if ms is None:
+        return ""
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    data = run.model_dump(mode="json")
+    data["duration_ms"] = run.duration
+    return data
+
+
+def _resolve_runs(client: Client, prefixes: Sequence[str]) -> list[str]:
+    return [client.resolve_run_id(p) for p in prefixes]
+
+
+def _experiment_ids(client: Client, names: Sequence[str]) -> list[int] | None:
+    return [client.resolve_experiment(n).experiment_id for n in names] if names else None
+
+
+# -- experiments --------------------------------------------------------------------------
+
+
+@click.group()
+def experiments() -> None:
+    """Create, list, rename, delete and restore experiments.
+
+    \b
+    Example:
+      keel experiments create churn-v2
+    """
+
+
+def _experiment_rows(items: Sequence[Experiment]) -> None:
+    from rich.table import Table
+
+    table = Table("id", "name", "stage", "created", box=None)
+    for e in items:
+        table.add_row(str(e.experiment_id), e.name, e.lifecycle_stage.value, _when(e.created_at))
+    _console().print(table)
+
+
+@experiments.command("list")
+@click.option("--deleted", is_flag=True, help="Show deleted experiments instead.")
+@click.option("--all", "show_all", is_flag=True, help="Show active and deleted experiments.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def experiments_list(deleted: bool, show_all: bool, as_json: bool) -> None:
+    """List experiments.
+
+    \b
+    Example:
+      keel experiments list --json
+    """
+    lifecycle = "all" if show_all else "deleted" if deleted else "active"
+    items = _client().list_experiments(lifecycle=lifecycle)
+    if as_json:
+        _echo_json([e.model_dump(mode="json") for e in items])
+    else:
+        _experiment_rows(items)
+
+
+@experiments.command("create")
+@click.argument("name")
+def experiments_create(name: str) -> None:
+    """Create an experiment called NAME.
+
+    \b
+    Example:
+      keel experiments create churn-v2
+    """
+    experiment = _client().create_experiment(name)
+    click.echo(f"Created experiment {experiment.name!r} (id {experiment.experiment_id})")
+
+
+@experiments.command("rename")
+@click.argument("experiment")
+@click.argument("new_name")
+def experiments_rename(experiment: str, new_name: str) -> None:
+    """Rename EXPERIMENT (a name or an id) to NEW_NAME.
+
+    \b
+    Example:
+      keel experiments rename churn-v2 churn-2026
+    """
+    client = _client()
+    found = client.resolve_experiment(experiment)
+    renamed = client.rename_experiment(found.experiment_id, new_name)
+    click.echo(f"Renamed experiment {found.name!r} to {renamed.name!r}")
+
+
+@experiments.command("delete")
+@click.argument("experiment")
+def experiments_delete(experiment: str) -> None:
+    """Delete EXPERIMENT and its runs (they can be restored).
+
+    \b
+    Example:
+      keel experiments delete churn-v2
+    """
+    client = _client()
+    found = client.resolve_experiment(experiment)
+    client.delete_experiment(found.experiment_id)
+    click.echo(
+        f"Deleted experiment {found.name!r}; undo with: keel experiments restore "
+        f"{found.experiment_id}"
+    )
+
+
+@experiments.command("restore")
+@click.argument("experiment")
+def experiments_restore(experiment: str) -> None:
+    """Restore a deleted EXPERIMENT and its runs.
+
+    \b
+    Example:
+      keel experiments restore 3
+    """
+    client = _client()
+    found = client.resolve_experiment(experiment)
+    client.restore_experiment(found.experiment_id)
+    click.echo(f"Restored experiment {found.name!r}")
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+@click.group()
+def runs() -> None:
+    """List, show, search, compare, export, delete and restore runs.
+
+    \b
+    Example:
+      keel runs search "metrics.rmse < 50" --order-by metrics.rmse
+    """
+
+
+def _runs_table(items: Sequence[Run], *, title: str | None = None) -> None:
+    from rich.table import Table
+
+    metric_keys = sorted({k for r in items for k in r.metrics})[:_MAX_DYNAMIC_COLUMNS]
+    param_keys = sorted({k for r in items for k in r.params})[:_MAX_DYNAMIC_COLUMNS]
+    table = Table(title=title, box=None, header_style="bold")
+    for column in ("run", "name", "status", "started", "duration"):
+        table.add_column(column, no_wrap=True)
+    for key in metric_keys:
+        table.add_column(f"metrics.{key}", justify="right")
+    for key in param_keys:
+        table.add_column(f"params.{key}")
+    for r in items:
+        style = _STATUS_STYLE.get(r.status, "")
+        table.add_row(
+            r.run_id[:8],
+            r.run_name,
+            f"[{style}]{r.status.value}[/]",
+            _when(r.start_time),
+            _duration(r),
+            *(_number(r.metrics[k]) if k in r.metrics else "" for k in metric_keys),
+            *(r.params.get(k, "") for k in param_keys),
+        )
+    _console().print(table)
+    if not items:
+        click.echo("No runs matched.", err=True)
+
+
+_order_option = click.option(
+    "--order-by",
+    "-o",
+    multiple=True,
+    help="Sort key, repeatable: 'metrics.rmse', 'start_time DESC'. Missing values sort last.",
+)
+_experiment_option = click.option(
+    "--experiment", "-e", multiple=True, help="Limit to this experiment (name or id); repeatable."
+)
+_limit_option = click.option(
+    "--limit",
+    "-n",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="At most this many runs.",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+_deleted_option = click.option("--deleted", is_flag=True, help="Search deleted runs instead.")
+
+
+def _search(
+    filter_string: str,
+    order_by: Sequence[str],
+    experiment: Sequence[str],
+    limit: int,
+    deleted: bool = False,
+) -> list[Run]:
+    client = _client()
+    return client.search_all(
+        filter_string,
+        order_by=list(order_by),
+        experiment_ids=_experiment_ids(client, experiment),
+        max_results=limit,
+        lifecycle="deleted" if deleted else "active",
+    )
+
+
+@runs.command("list")
+@_experiment_option
+@_order_option
+@_limit_option
+@_deleted_option
+@_json_option
+def runs_list(
+    experiment: tuple[str, ...],
+    order_by: tuple[str, ...],
+    limit: int,
+    deleted: bool,
+    as_json: bool,
+) -> None:
+    """List runs, newest first.
+
+    \b
+    Example:
+      keel runs list -e diabetes -n 20
+    """
+    items = _search("", order_by, experiment, limit, deleted)
+    if as_json:
+        _echo_json([_run_dict(r) for r in items])
+    else:
+        _runs_table(items)
+
+
+@runs.command("search")
+@click.argument("filter_string", metavar="FILTER")
+@_experiment_option
+@_order_option
+@_limit_option
+@_deleted_option
+@_json_option
+def runs_search(
+    filter_string: str,
+    experiment: tuple[str, ...],
+    order_by: tuple[str, ...],
+    limit: int,
+    deleted: bool,
+    as_json: bool,
+) -> None:
+    """Search runs with a filter (MLflow syntax plus OR, NOT, parentheses, IN, IS NULL).
+
+    \b
+    Examples:
+      keel runs search "metrics.rmse < 55 and params.model = 'ridge'" -o metrics.rmse
+      keel runs search "params.model IN ('tree', 'forest') OR tags.best IS NOT NULL"
+    """
+    items = _search(filter_string, order_by, experiment, limit, deleted)
+    if as_json:
+        _echo_json([_run_dict(r) for r in items])
+    else:
+        _runs_table(items)
+
+
+@runs.command("show")
+@click.argument("run")
+@_json_option
+def runs_show(run: str, as_json: bool) -> None:
+    """Show one RUN (an id or a unique prefix of one): params, metrics, tags, artifacts.
+
+    \b
+    Example:
+      keel runs show 3f2a
+    """
+    from rich.table import Table
+
+    client = _client()
+    found = client.get_run(client.resolve_run_id(run))
+    artifacts = client.list_artifacts(found.run_id)
+    if as_json:
+        data = _run_dict(found)
+        data["artifacts"] = [a.model_dump() for a in artifacts]
+        _echo_json(data)
+        return
+    console = _console()
+    style = _STATUS_STYLE.get(found.status, "")
+    console.print(f"[bold]{found.run_name}[/]  {found.run_id}  [{style}]{found.status.value}[/]")
+    console.print(
+        f"experiment {found.experiment_id} · user {found.user} · host {found.host} · "
+        f"started {_when(found.start_time)} · duration {_duration(found) or 'running'}"
+    )
+    for title, values in (
+        ("params", found.params),
+        ("metrics", found.metrics),
+        ("tags", found.tags),
+    ):
+        if not values:
+            continue
+        table = Table(title=title, title_justify="left", box=None, show_header=False)
+        for key in sorted(values):
+            value = values[key]
+            table.add_row(key, _number(value) if isinstance(value, float) else str(value))
+        console.print(table)
+    if artifacts:
+        table = Table("artifact", "size", title="artifacts", title_justify="left", box=None)
+        for a in artifacts:
+            table.add_row(a.path, f"{a.size:,}")
+        console.print(table)
+
+
+@runs.command("compare")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN RUN...")
+@click.option("--all-keys", is_flag=True, help="Show keys whose values are equal too.")
+@_json_option
+def runs_compare(run_ids: tuple[str, ...], all_keys: bool, as_json: bool) -> None:
+    """Compare runs side by side: params and metrics, with differing values highlighted.
+
+    \b
+    Example:
+      keel runs compare 3f2a 9c1b 77d0
+    """
+    from rich.table import Table
+
+    if len(run_ids) < 2:
+        raise InvalidInput("compare needs at least two runs: keel runs compare RUN RUN...")
+    client = _client()
+    found = client.store.get_runs(_resolve_runs(client, run_ids))
+    rows: list[tuple[str, str, list[Any]]] = []
+    for section in ("params", "metrics"):
+        keys = sorted({k for r in found for k in getattr(r, section)})
+        for key in keys:
+            values = [getattr(r, section).get(key) for r in found]
+            rows.append((section, key, values))
+    if as_json:
+        _echo_json(
+            {
+                "runs": [r.run_id for r in found],
+                "rows": [
+                    {"section": s, "key": k, "values": v, "differs": len({repr(x) for x in v}) > 1}
+                    for s, k, v in rows
+                ],
+            }
+        )
+        return
+    table = Table("", "key", *(f"{r.run_name}\n{r.run_id[:8]}" for r in found), box=None)
+    shown = 0
+    for section, key, values in rows:
+        differs = len({repr(v) for v in values}) > 1
+        if not differs and not all_keys:
+            continue
+        shown += 1
+        cells = []
+        numeric = [v for v in values if isinstance(v, float) and v == v]
+        best = min(numeric) if section == "metrics" and numeric else None
+        for value in values:
+            text = "—" if value is None else _number(value) if isinstance(value, float) else value
+            if differs:
+                text = f"[bold yellow]{text}[/]" if value != best else f"[bold green]{text}[/]"
+            cells.append(text)
+        table.add_row(section, key, *cells)
+    _console().print(table)
+    if not shown:
+        click.echo("The runs have identical params and metrics (use --all-keys to list them).")
+
+
+@runs.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "parquet"]),
+    default="csv",
+    show_default=True,
+    help="File format.",
+)
+@click.option("--filter", "filter_string", default="", help="Only runs matching this filter.")
+@_experiment_option
+@_order_option
+@click.option(
+    "--limit",
+    "-n",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help="At most this many runs.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="File to write (default: stdout; required for parquet).",
+)
+def runs_export(
+    fmt: str,
+    filter_string: str,
+    experiment: tuple[str, ...],
+    order_by: tuple[str, ...],
+    limit: int,
+    output: str | None,
+) -> None:
+    """Export runs with their params, metrics and tags (MLflow UI's "Download CSV").
+
+    \b
+    Examples:
+      keel runs export --format csv --filter "status = 'FINISHED'" > runs.csv
+      keel runs export --format parquet --output runs.parquet -e diabetes
+    """
+    if fmt == "parquet" and not output:
+        raise InvalidInput("parquet is binary: name a file with --output runs.parquet")
+    items = _search(filter_string, order_by, experiment, limit)
+    frame = Client.runs_to_frame(items)
+    for column in ("start_time", "end_time"):
+        frame[column] = frame[column].map(lambda t: t.isoformat() if t == t else None)
+    if fmt == "parquet":
+        frame.to_parquet(output, index=False)
+    elif fmt == "csv":
+        frame.to_csv(output if output else sys.stdout, index=False)
+    else:
+        text = frame.to_json(orient="records", indent=2)
+        if output:
+            Path(output).write_text(text)
+        else:
+            click.echo(text)
+    if output:
+        click.echo(f"Wrote {len(items)} runs to {output}", err=True)
+
+
+@runs.command("delete")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN...")
+def runs_delete(run_ids: tuple[str, ...]) -> None:
+    """Delete runs (they can be restored with keel runs restore).
+
+    \b
+    Example:
+      keel runs delete 3f2a 9c1b
+    """
+    client = _client()
+    ids = _resolve_runs(client, run_ids)
+    count = client.delete_runs(ids)
+    click.echo(f"Deleted {count} run(s); undo with: keel runs restore {' '.join(run_ids)}")
+
+
+@runs.command("restore")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN...")
+def runs_restore(run_ids: tuple[str, ...]) -> None:
+    """Restore deleted runs.
+
+    \b
+    Example:
+      keel runs restore 3f2a
+    """
+    client = _client()
+    ids = _resolve_runs(client, run_ids)
+    count = client.restore_runs(ids)
+    if not count:
+        raise NotFound("none of those runs exist")
+    click.echo(f"Restored {count} run(s)")

@@ -1,0 +1,663 @@
+"""Persistence of experiments, runs, params, tags, metrics and artifact entries (SQL Core).
+
+Every write runs in its own short transaction marked as a writer (``BEGIN IMMEDIATE`` on
+SQLite), so concurrent processes queue on the busy timeout instead of failing. Metric points
+arrive in batches: one ``executemany`` into the history and one upsert of the latest value per
+(run, key), where a point replaces the latest only if its (step, timestamp) is not older.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from keel.db import schema, write_options
+from keel.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from keel.tracking.models import (
+    ArtifactEntry,
+    Experiment,
+    LifecycleStage,
+    Metric,
+    Run,
+    RunStatus,
+)
+from keel.tracking.query import build_search
+
+__all__ = ["MetricPoint", "RunningRun", "TrackingStore", "now_ms"]
+
+MAX_KEY_LENGTH = 250
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
+_IN_CHUNK = 500  # ids per IN (...) when reading many runs
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MetricPoint(NamedTuple):
+    """One logged metric value, as buffered before it is written."""
+
+    run_id: str
+    key: str
+    value: float
+    step: int
+    timestamp: int
+
+
+class RunningRun(NamedTuple):
+    """What liveness checks need to know about a RUNNING run."""
+
+    run_id: str
+    host: str
+    pid: int | None
+    start_time: int
+    heartbeat_at: int | None
+
+
+def check_key(key: object, *, what: str) -> str:
+    """Validate a param, metric or tag key: a non-empty string of at most 250 characters."""
+    if not isinstance(key, str) or not key:
+        raise InvalidInput(f"{what} key must be a non-empty string, got {key!r}", key=repr(key))
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidInput(
+            f"{what} key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}",
+            key=key[:MAX_KEY_LENGTH],
+        )
+    return key
+
+
+class TrackingStore:
+    """SQL persistence for tracking; one instance per engine, safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        placeholder = "%s" if engine.dialect.paramstyle in ("format", "pyformat") else "?"
+        columns = "run_id, key, value, is_nan, step, timestamp"
+        self._metrics_sql = (
+            f"INSERT INTO metrics ({columns}) VALUES ({', '.join([placeholder] * 6)})"
+        )
+
+    # -- transactions ---------------------------------------------------------------------
+    def _write(self) -> Any:
+        return self.engine.connect().execution_options(**write_options())
+
+    def _read(self) -> Connection:
+        return self.engine.connect()
+
+    # -- experiments ----------------------------------------------------------------------
+    def create_experiment(self, name: str, *, tags: Mapping[str, str] | None = None) -> int:
+        name = _check_name(name, what="experiment")
+        now = now_ms()
+        try:
+            with self._write() as conn, conn.begin():
+                experiment_id = conn.execute(
+                    schema.experiments.insert()
+                    .values(name=name, lifecycle_stage="active", created_at=now, updated_at=now)
+                    .returning(schema.experiments.c.experiment_id)
+                ).scalar_one()
+                if tags:
+                    conn.execute(
+                        schema.experiment_tags.insert(),
+                        [
+                            {"experiment_id": experiment_id, "key": k, "value": str(v)}
+                            for k, v in tags.items()
+                        ],
+                    )
+        except IntegrityError as exc:
+            raise AlreadyExists(
+                f"an experiment named {name!r} already exists (it may be deleted: restore it "
+                "or pick another name)",
+                name=name,
+            ) from exc
+        return int(experiment_id)
+
+    def get_experiment(self, experiment_id: int) -> Experiment:
+        found = self._experiments(schema.experiments.c.experiment_id == experiment_id)
+        if not found:
+            raise NotFound(f"no experiment with id {experiment_id}", experiment_id=experiment_id)
+        return found[0]
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        found = self._experiments(schema.experiments.c.name == name)
+        return found[0] if found else None
+
+    def list_experiments(self, *, lifecycle: str = "active") -> list[Experiment]:
+        condition = (
+            None if lifecycle == "all" else schema.experiments.c.lifecycle_stage == lifecycle
+        )
+        return self._experiments(condition)
+
+    def _experiments(self, condition: Any) -> list[Experiment]:
+        e, t = schema.experiments, schema.experiment_tags
+        query = select(e).order_by(e.c.experiment_id)
+        if condition is not None:
+            query = query.where(condition)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+            ids = [row["experiment_id"] for row in rows]
+            tag_rows = (
+                conn.execute(select(t).where(t.c.experiment_id.in_(ids))).all() if ids else []
+            )
+        tags_by_id: dict[int, dict[str, str]] = {}
+        for experiment_id, key, value in tag_rows:
+            tags_by_id.setdefault(experiment_id, {})[key] = value
+        return [Experiment(**row, tags=tags_by_id.get(row["experiment_id"], {})) for row in rows]
+
+    def rename_experiment(self, experiment_id: int, new_name: str) -> None:
+        new_name = _check_name(new_name, what="experiment")
+        try:
+            self._update_experiment(experiment_id, name=new_name)
+        except IntegrityError as exc:
+            raise AlreadyExists(
+                f"an experiment named {new_name!r} already exists", name=new_name
+            ) from exc
+
+    def set_experiment_lifecycle(self, experiment_id: int, stage: LifecycleStage) -> None:
+        """Delete or restore an experiment, and with it every run it holds."""
+        with self._write() as conn, conn.begin():
+            self._update_experiment(experiment_id, conn=conn, lifecycle_stage=stage.value)
+            conn.execute(
+                update(schema.runs)
+                .where(schema.runs.c.experiment_id == experiment_id)
+                .values(
+                    lifecycle_stage=stage.value,
+                    deleted_at=now_ms() if stage is LifecycleStage.DELETED else None,
+                )
+            )
+
+    def _update_experiment(
+        self, experiment_id: int, *, conn: Connection | None = None, **values: Any
+    ) -> None:
+        statement = (
+            update(schema.experiments)
+            .where(schema.experiments.c.experiment_id == experiment_id)
+            .values(updated_at=now_ms(), **values)
+        )
+        if conn is None:
+            with self._write() as own, own.begin():
+                count = own.execute(statement).rowcount
+        else:
+            count = conn.execute(statement).rowcount
+        if not count:
+            raise NotFound(f"no experiment with id {experiment_id}", experiment_id=experiment_id)
+
+    # -- runs -----------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        experiment_id: int,
+        run_name: str | None,
+        user: str,
+        host: str,
+        pid: int | None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        start_time: int | None = None,
+    ) -> Run:
+        run_id = uuid.uuid4().hex
+        start = start_time if start_time is not None else now_ms()
+        name = run_name or _generated_name(run_id)
+        _check_name(name, what="run")
+        tag_rows = [
+            {"run_id": run_id, "key": check_key(k, what="tag"), "value": _tag_value(v)}
+            for k, v in (tags or {}).items()
+        ]
+        with self._write() as conn, conn.begin():
+            stage = conn.execute(
+                select(schema.experiments.c.lifecycle_stage).where(
+                    schema.experiments.c.experiment_id == experiment_id
+                )
+            ).scalar()
+            if stage is None:
+                raise NotFound(
+                    f"no experiment with id {experiment_id}", experiment_id=experiment_id
+                )
+            if stage != "active":
+                raise InvalidInput(
+                    f"experiment {experiment_id} is deleted; restore it before adding runs",
+                    experiment_id=experiment_id,
+                )
+            conn.execute(
+                schema.runs.insert().values(
+                    run_id=run_id,
+                    experiment_id=experiment_id,
+                    run_name=name,
+                    status=RunStatus.RUNNING.value,
+                    user_name=user,
+                    start_time=start,
+                    lifecycle_stage="active",
+                    parent_run_id=parent_run_id,
+                    host=host,
+                    pid=pid,
+                    heartbeat_at=start,
+                )
+            )
+            if tag_rows:
+                conn.execute(schema.tags.insert(), tag_rows)
+        return Run(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            run_name=name,
+            status=RunStatus.RUNNING,
+            user=user,
+            start_time=start,
+            parent_run_id=parent_run_id,
+            host=host,
+            tags={row["key"]: row["value"] for row in tag_rows},
+        )
+
+    def set_run_status(self, run_id: str, status: RunStatus, *, end_time: int | None) -> None:
+        with self._write() as conn, conn.begin():
+            count = conn.execute(
+                update(schema.runs)
+                .where(schema.runs.c.run_id == run_id)
+                .values(status=status.value, end_time=end_time)
+            ).rowcount
+        if not count:
+            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+
+    def set_run_lifecycle(self, run_ids: Sequence[str], stage: LifecycleStage) -> int:
+        """Soft-delete or restore runs; returns how many changed."""
+        with self._write() as conn, conn.begin():
+            return conn.execute(
+                update(schema.runs)
+                .where(schema.runs.c.run_id.in_(list(run_ids)))
+                .values(
+                    lifecycle_stage=stage.value,
+                    deleted_at=now_ms() if stage is LifecycleStage.DELETED else None,
+                )
+            ).rowcount
+
+    def get_run(self, run_id: str) -> Run:
+        runs = self.get_runs([run_id])
+        if not runs:
+            raise NotFound(
+                f"no run with id {run_id!r}; list runs with: keel runs list", run_id=run_id
+            )
+        return runs[0]
+
+    def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        """Runs with their params, latest metrics and tags, in the order of ``run_ids``."""
+        r = schema.runs
+        base: dict[str, dict[str, Any]] = {}
+        params: dict[str, dict[str, str]] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        tags: dict[str, dict[str, str]] = {}
+        with self._read() as conn:
+            for start in range(0, len(run_ids), _IN_CHUNK):
+                chunk = list(run_ids[start : start + _IN_CHUNK])
+                for mapping in conn.execute(select(r).where(r.c.run_id.in_(chunk))).mappings():
+                    base[mapping["run_id"]] = dict(mapping)
+                for table, sink in ((schema.params, params), (schema.tags, tags)):
+                    query = select(table.c.run_id, table.c.key, table.c.value).where(
+                        table.c.run_id.in_(chunk)
+                    )
+                    for run_id, key, value in conn.execute(query):
+                        sink.setdefault(run_id, {})[key] = value
+                lm = schema.latest_metrics
+                latest = select(lm.c.run_id, lm.c.key, lm.c.value, lm.c.is_nan).where(
+                    lm.c.run_id.in_(chunk)
+                )
+                for run_id, key, number, nan in conn.execute(latest):
+                    metrics.setdefault(run_id, {})[key] = math.nan if nan else number
+        out = []
+        for run_id in run_ids:
+            found = base.get(run_id)
+            if found is None:
+                continue
+            row = found
+            out.append(
+                Run.model_construct(
+                    run_id=run_id,
+                    experiment_id=row["experiment_id"],
+                    run_name=row["run_name"],
+                    status=RunStatus(row["status"]),
+                    user=row["user_name"],
+                    start_time=row["start_time"],
+                    end_time=row["end_time"],
+                    lifecycle_stage=LifecycleStage(row["lifecycle_stage"]),
+                    parent_run_id=row["parent_run_id"],
+                    host=row["host"],
+                    params=params.get(run_id, {}),
+                    metrics=metrics.get(run_id, {}),
+                    tags=tags.get(run_id, {}),
+                )
+            )
+        return out
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The one run id starting with ``prefix`` (ids may be abbreviated, as git's)."""
+        text = prefix.strip().lower()
+        if not text or any(c not in "0123456789abcdef" for c in text):
+            raise InvalidInput(f"{prefix!r} is not a run id (32 hex characters, or a prefix)")
+        r = schema.runs
+        with self._read() as conn:
+            found = list(
+                conn.execute(
+                    select(r.c.run_id).where(r.c.run_id.like(f"{text}%")).limit(2)
+                ).scalars()
+            )
+        if not found:
+            raise NotFound(f"no run id starts with {prefix!r}", run_id=prefix)
+        if len(found) > 1:
+            raise InvalidInput(f"{prefix!r} matches several runs; type more of the id")
+        return str(found[0])
+
+    def search_run_ids(
+        self,
+        *,
+        filter_string: str,
+        order_by: Sequence[str] | None,
+        experiment_ids: Sequence[int] | None,
+        lifecycle: str,
+        limit: int,
+        offset: int,
+    ) -> list[str]:
+        query = build_search(
+            filter_string=filter_string,
+            order_by=order_by,
+            experiment_ids=experiment_ids,
+            lifecycle=lifecycle,
+            limit=limit,
+            offset=offset,
+            dialect=self.engine.dialect.name,
+        )
+        with self._read() as conn:
+            return [str(run_id) for run_id in conn.execute(query).scalars()]
+
+    def running_runs(self) -> list[RunningRun]:
+        r = schema.runs
+        query = select(r.c.run_id, r.c.host, r.c.pid, r.c.start_time, r.c.heartbeat_at).where(
+            r.c.status == RunStatus.RUNNING.value
+        )
+        with self._read() as conn:
+            return [RunningRun(*row) for row in conn.execute(query)]
+
+    def mark_lost(self, run_ids: Sequence[str]) -> int:
+        """Mark RUNNING runs LOST, ending them at their last heartbeat."""
+        if not run_ids:
+            return 0
+        r = schema.runs
+        with self._write() as conn, conn.begin():
+            return conn.execute(
+                update(r)
+                .where(r.c.run_id.in_(list(run_ids)), r.c.status == RunStatus.RUNNING.value)
+                .values(
+                    status=RunStatus.LOST.value,
+                    end_time=func.coalesce(r.c.heartbeat_at, r.c.start_time),
+                )
+            ).rowcount
+
+    def heartbeat(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        with self._write() as conn, conn.begin():
+            conn.execute(
+                update(schema.runs)
+                .where(schema.runs.c.run_id.in_(list(run_ids)))
+                .values(heartbeat_at=now_ms())
+            )
+
+    # -- params and tags ------------------------------------------------------------------
+    def log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
+        """Record params; re-logging a key with the same value is a no-op, another is a Conflict."""
+        rows = {check_key(k, what="param"): _param_value(k, v) for k, v in values.items()}
+        if not rows:
+            return
+        p = schema.params
+        with self._write() as conn, conn.begin():
+            self._require_run(conn, run_id)
+            existing = dict(
+                conn.execute(
+                    select(p.c.key, p.c.value).where(p.c.run_id == run_id, p.c.key.in_(list(rows)))
+                ).all()
+            )
+            for key, old in existing.items():
+                if old != rows[key]:
+                    raise Conflict(
+                        f"param {key!r} of run {run_id} is already {old!r}; params are "
+                        f"immutable, so it cannot become {rows[key]!r} (log it under another "
+                        "key, or start a new run)",
+                        run_id=run_id,
+                        key=key,
+                        old_value=old,
+                        new_value=rows[key],
+                    )
+            new = [
+                {"run_id": run_id, "key": k, "value": v}
+                for k, v in rows.items()
+                if k not in existing
+            ]
+            if new:
+                conn.execute(p.insert(), new)
+
+    def set_tags(self, run_id: str, values: Mapping[str, Any]) -> None:
+        rows = [
+            {"run_id": run_id, "key": check_key(k, what="tag"), "value": _tag_value(v)}
+            for k, v in values.items()
+        ]
+        if not rows:
+            return
+        statement = self._insert(schema.tags)
+        statement = statement.on_conflict_do_update(
+            index_elements=["run_id", "key"], set_={"value": statement.excluded.value}
+        )
+        with self._write() as conn, conn.begin():
+            self._require_run(conn, run_id)
+            conn.execute(statement, rows)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        t = schema.tags
+        with self._write() as conn, conn.begin():
+            count = conn.execute(delete(t).where(t.c.run_id == run_id, t.c.key == key)).rowcount
+        if not count:
+            raise NotFound(f"run {run_id} has no tag {key!r}", run_id=run_id, key=key)
+
+    def _require_run(self, conn: Connection, run_id: str) -> None:
+        stage = conn.execute(
+            select(schema.runs.c.lifecycle_stage).where(schema.runs.c.run_id == run_id)
+        ).scalar()
+        if stage is None:
+            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+        if stage != "active":
+            raise InvalidInput(
+                f"run {run_id} is deleted; restore it (keel runs restore {run_id}) to log to it",
+                run_id=run_id,
+            )
+
+    # -- metrics --------------------------------------------------------------------------
+    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
+        """Write a batch of points to the history and advance the latest value per key."""
+        if not points:
+            return
+        history = []
+        latest: dict[tuple[str, str], MetricPoint] = {}
+        for point in points:
+            value = point.value
+            nan = value != value
+            history.append(
+                (point.run_id, point.key, None if nan else value, nan, point.step, point.timestamp)
+            )
+            slot = (point.run_id, point.key)
+            best = latest.get(slot)
+            if best is None or (point.step, point.timestamp) >= (best.step, best.timestamp):
+                latest[slot] = point
+        lm = schema.latest_metrics
+        upsert = self._insert(lm)
+        newer = or_(
+            upsert.excluded.step > lm.c.step,
+            and_(upsert.excluded.step == lm.c.step, upsert.excluded.timestamp >= lm.c.timestamp),
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["run_id", "key"],
+            set_={
+                "value": upsert.excluded.value,
+                "is_nan": upsert.excluded.is_nan,
+                "step": upsert.excluded.step,
+                "timestamp": upsert.excluded.timestamp,
+            },
+            where=newer,
+        )
+        latest_rows = [
+            {
+                "run_id": p.run_id,
+                "key": p.key,
+                "value": None if p.value != p.value else p.value,
+                "is_nan": p.value != p.value,
+                "step": p.step,
+                "timestamp": p.timestamp,
+            }
+            for p in latest.values()
+        ]
+        try:
+            with self._write() as conn, conn.begin():
+                conn.exec_driver_sql(self._metrics_sql, history)
+                conn.execute(upsert, latest_rows)
+        except IntegrityError as exc:
+            missing = sorted({p.run_id for p in points} - set(self._existing_run_ids(points)))
+            raise NotFound(
+                f"cannot log metrics to runs that do not exist: {', '.join(missing)}",
+                run_ids=missing,
+            ) from exc
+
+    def _existing_run_ids(self, points: Iterable[MetricPoint]) -> list[str]:
+        ids = list({p.run_id for p in points})
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    select(schema.runs.c.run_id).where(schema.runs.c.run_id.in_(ids))
+                ).scalars()
+            )
+
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        m = schema.metrics
+        query = (
+            select(m.c.key, m.c.value, m.c.is_nan, m.c.step, m.c.timestamp)
+            .where(m.c.run_id == run_id, m.c.key == key)
+            .order_by(m.c.step, m.c.timestamp, m.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                self._require_run_exists(conn, run_id)
+        return [
+            Metric.model_construct(key=k, value=math.nan if nan else v, step=step, timestamp=ts)
+            for k, v, nan, step, ts in rows
+        ]
+
+    def _require_run_exists(self, conn: Connection, run_id: str) -> None:
+        found = conn.execute(
+            select(schema.runs.c.run_id).where(schema.runs.c.run_id == run_id)
+        ).scalar()
+        if found is None:
+            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+
+    # -- artifacts ------------------------------------------------------------------------
+    def record_artifact(self, run_id: str, entry: ArtifactEntry) -> None:
+        statement = self._insert(schema.artifacts)
+        statement = statement.on_conflict_do_update(
+            index_elements=["run_id", "path"],
+            set_={
+                "digest": statement.excluded.digest,
+                "size": statement.excluded.size,
+                "kind": statement.excluded.kind,
+                "created_at": statement.excluded.created_at,
+            },
+        )
+        with self._write() as conn, conn.begin():
+            self._require_run(conn, run_id)
+            conn.execute(
+                statement, [{"run_id": run_id, **entry.model_dump(), "created_at": now_ms()}]
+            )
+
+    def artifact_entries(self, run_id: str) -> list[ArtifactEntry]:
+        a = schema.artifacts
+        query = (
+            select(a.c.path, a.c.digest, a.c.size, a.c.kind)
+            .where(a.c.run_id == run_id)
+            .order_by(a.c.path)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                self._require_run_exists(conn, run_id)
+        return [ArtifactEntry(path=p, digest=d, size=s, kind=k) for p, d, s, k in rows]
+
+
+def _check_name(name: object, *, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{what} name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_KEY_LENGTH:
+        raise InvalidInput(f"{what} name is {len(name)} characters; the limit is 250")
+    return name
+
+
+def _param_value(key: str, value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_PARAM_LENGTH:
+        raise InvalidInput(
+            f"param {key!r} is {len(text)} characters; the limit is {MAX_PARAM_LENGTH} "
+            "(log long values as an artifact with keel.log_text)",
+            key=key,
+        )
+    return text
+
+
+def _tag_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_TAG_LENGTH:
+        raise InvalidInput(f"tag value is {len(text)} characters; the limit is {MAX_TAG_LENGTH}")
+    return text
+
+
+_ADJECTIVES = (
+    "amber",
+    "bold",
+    "calm",
+    "deft",
+    "eager",
+    "fleet",
+    "keen",
+    "lucid",
+    "noble",
+    "quiet",
+    "rapid",
+    "sly",
+    "steady",
+    "swift",
+    "vivid",
+    "wise",
+)
+_NOUNS = (
+    "otter",
+    "heron",
+    "lynx",
+    "falcon",
+    "badger",
+    "marten",
+    "ibis",
+    "orca",
+    "puma",
+    "raven",
+    "stoat",
+    "tern",
+    "vole",
+    "wren",
+    "yak",
+    "zebu",
+)
+
+
+def _generated_name(run_id: str) -> str:
+    """A readable default run name, derived from the run id (stable, no randomness)."""
+    n = int(run_id[:8], 16)
+    return f"{_ADJECTIVES[n % 16]}-{_NOUNS[(n // 16) % 16]}-{n % 1000:03d}"

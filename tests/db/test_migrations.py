@@ -1,0 +1,125 @@
+"""Migrations: head in step with the scripts, concurrent first open, upgrade from 0001."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from keel.db import HEAD_REVISION, ensure_schema, make_engine
+from keel.db.migrate import MIGRATIONS_DIR, current_revision, upgrade
+from keel.errors import StorageError
+from tests.conftest import create_pg_database, drop_pg_database
+
+
+def test_head_constant_matches_the_migration_scripts() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        url = create_pg_database("keel_mig")
+        yield url
+        drop_pg_database(url)
+
+
+OPENER = textwrap.dedent(
+    """
+    import sys, time
+    from keel.db import ensure_schema, make_engine
+    from keel.tracking.store import TrackingStore
+    engine = make_engine(sys.argv[1])
+    deadline = float(sys.argv[2])
+    while time.time() < deadline:
+        pass
+    ensure_schema(engine)
+    TrackingStore(engine).create_experiment(sys.argv[3])
+    print("ok")
+    """
+)
+
+
+def test_concurrent_first_open_applies_migrations_once(fresh_url: str) -> None:
+    import time
+
+    start_at = str(time.time() + 2.0)  # both processes are imported and spinning by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, fresh_url, start_at, f"exp{n}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == "ok"
+    engine = make_engine(fresh_url)
+    assert current_revision(engine) == HEAD_REVISION
+    with engine.connect() as conn:
+        names = conn.execute(text("SELECT name FROM experiments ORDER BY name")).scalars().all()
+    assert names == ["exp0", "exp1", "exp2"]
+    engine.dispose()
+
+
+def test_upgrade_from_previous_revision_keeps_data(fresh_url: str) -> None:
+    engine = make_engine(fresh_url)
+    upgrade(engine, "0001")
+    assert current_revision(engine) == "0001"
+    assert "pid" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO experiments (name, lifecycle_stage, created_at, updated_at) "
+                "VALUES ('old', 'active', 1, 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO runs (run_id, experiment_id, run_name, status, user_name, start_time, "
+                "lifecycle_stage, host) VALUES ('r1', 1, 'n', 'FINISHED', 'u', 5, 'active', 'h')"
+            )
+        )
+        conn.execute(text("INSERT INTO params (run_id, key, value) VALUES ('r1', 'model', 'tree')"))
+    engine.dispose()
+
+    engine = make_engine(fresh_url)
+    ensure_schema(engine)
+    assert current_revision(engine) == HEAD_REVISION
+    from keel.tracking.store import TrackingStore
+
+    store = TrackingStore(engine)
+    run = store.get_run("r1")
+    assert run.params == {"model": "tree"} and run.status.value == "FINISHED"
+    assert store.search_run_ids(
+        filter_string="params.model = 'tree'",
+        order_by=None,
+        experiment_ids=None,
+        lifecycle="active",
+        limit=10,
+        offset=0,
+    ) == ["r1"]
+    engine.dispose()
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    ensure_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(StorageError, match="newer than this Keel"):
+        ensure_schema(engine)
