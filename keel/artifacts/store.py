@@ -1,0 +1,817 @@
+"""Content-addressed blob store: objects named by their BLAKE3 digest, written atomically.
+
+Layout under the store's root (a local folder or any fsspec URL)::
+
+    objects/<first 2 hex>/<remaining 62 hex>   one object per distinct content
+    tmp/<pid>-<random>.part                     writes in progress
+
+A write streams into ``tmp/`` while hashing and is then moved to its final name, so an object
+is either complete at its path or absent; content already stored is not written again. Every
+read checks the bytes against the digest, so a corrupted object raises instead of being used.
+Local paths use ``os`` directly; fsspec is imported only for other URLs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+import blake3
+
+from keel.artifacts.models import Blob, decode_manifest, encode_manifest
+from keel.errors import InvalidInput, KeelError, NotFound, StorageError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ArtifactStore",
+    "BlobReader",
+    "hash_file",
+]
+
+CHUNK_SIZE = 1 << 20
+"""Bytes read, hashed and written per step: memory use stays flat whatever the file size."""
+
+PARALLEL_HASH_MIN_SIZE = 8 << 20
+"""From this size on, hash with all cores (measured about 25% faster per 1 MiB chunk on 2 cores;
+smaller inputs gain nothing from threads)."""
+
+DIR_THREADS = 4
+"""Files put_dir and get_dir handle at once (4 threads made put_dir with fsync about 2x faster
+on 1,000 small files; more gained nothing)."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_CORRUPT_ADVICE = "the object is corrupt: re-log the artifact or restore it from a backup"
+
+
+def _new_hasher(size: int | None) -> Any:
+    if size is not None and size >= PARALLEL_HASH_MIN_SIZE:
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return blake3.blake3()
+
+
+def _source_error(path: Path, error: OSError) -> KeelError:
+    """Translate an OSError met while reading a caller's file into a Keel error naming it."""
+    if isinstance(error, FileNotFoundError):
+        return NotFound(f"no such file: {path}", path=str(path))
+    if isinstance(error, IsADirectoryError):
+        return InvalidInput(f"{path} is a directory: use put_dir", path=str(path))
+    return StorageError(f"cannot read {path}: {error.strerror or error}", path=str(path))
+
+
+def _read_chunks(path: Path) -> Iterator[memoryview]:
+    """Yield the file's content in CHUNK_SIZE views of one reused buffer (copy to keep one)."""
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    try:
+        with open(path, "rb", buffering=0) as source:
+            while n := source.readinto(buffer):
+                yield view[:n]
+    except OSError as error:
+        raise _source_error(path, error) from error
+
+
+def hash_file(path: str | os.PathLike[str]) -> Blob:
+    """Compute a file's digest and size as the store would name it, without storing anything.
+
+    Args:
+        path: a local file.
+
+    Returns:
+        The file's :class:`Blob` (BLAKE3 hex digest and size in bytes).
+
+    Raises:
+        NotFound: the file does not exist.
+        InvalidInput: the path is a directory.
+        StorageError: the file cannot be read.
+
+    Example:
+        >>> hash_file("model.pkl").digest  # doctest: +SKIP
+        'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262'
+    """
+    source = Path(path)
+    try:
+        size = source.stat().st_size
+    except OSError as error:
+        raise _source_error(source, error) from error
+    hasher = _new_hasher(size)
+    total = 0
+    for chunk in _read_chunks(source):
+        hasher.update(chunk)
+        total += len(chunk)
+    return Blob(digest=hasher.hexdigest(), size=total)
+
+
+def _check_digest(digest: object) -> str:
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise InvalidInput(
+            f"not an artifact digest: {digest!r} (expected 64 lowercase hex characters)",
+            digest=str(digest),
+        )
+    return digest
+
+
+class _LocalBackend:
+    """A store in a local folder, driven with os calls (no fsspec overhead)."""
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.tmp_dir = str(root / "tmp")
+        self._made_dirs: set[str] = set()
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def display(self, path: str) -> str:
+        return path
+
+    def size_or_none(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def open_read(self, path: str) -> Any:
+        return open(path, "rb", buffering=0)
+
+    def read_all(self, path: str) -> bytes:
+        with open(path, "rb") as source:
+            return source.read()
+
+    def _makedirs(self, path: str) -> None:
+        if path not in self._made_dirs:
+            os.makedirs(path, exist_ok=True)
+            self._made_dirs.add(path)
+
+    def open_temp(self) -> tuple[str, Any]:
+        self._makedirs(self.tmp_dir)
+        tmp = os.path.join(self.tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        # Objects are immutable: created read-only (the open descriptor may still write).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
+        return tmp, open(fd, "wb")
+
+    def finish_temp(self, out: Any) -> None:
+        if self.fsync:
+            out.flush()
+            os.fsync(out.fileno())
+
+    def commit(self, tmp: str, final: str) -> None:
+        parent = os.path.dirname(final)
+        self._makedirs(parent)
+        os.replace(tmp, final)
+        if self.fsync and hasattr(os, "O_DIRECTORY"):
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def discard(self, tmp: str) -> None:
+        with suppress(OSError):
+            os.unlink(tmp)
+
+    def temp_files(self) -> list[tuple[str, float]]:
+        try:
+            with os.scandir(self.tmp_dir) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            with suppress(OSError):
+                found.append((entry.path, entry.stat().st_mtime))
+        return found
+
+
+class _FsspecBackend:
+    """A store on any fsspec filesystem (object stores, memory://, ssh, ...)."""
+
+    def __init__(self, url: str) -> None:
+        from fsspec.core import url_to_fs
+
+        self.fs, root = url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.tmp_dir = f"{self.root}/tmp"
+
+    def join(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def display(self, path: str) -> str:
+        return str(self.fs.unstrip_protocol(path))
+
+    def size_or_none(self, path: str) -> int | None:
+        try:
+            return int(self.fs.info(path)["size"])
+        except FileNotFoundError:
+            return None
+
+    def open_read(self, path: str) -> Any:
+        if self.fs.protocol in ("memory", ("memory",)):
+            # memory:// hands every reader the same file object (one shared position).
+            return io.BytesIO(self.fs.cat_file(path))
+        return self.fs.open(path, "rb")
+
+    def read_all(self, path: str) -> bytes:
+        return bytes(self.fs.cat_file(path))
+
+    def open_temp(self) -> tuple[str, Any]:
+        self.fs.makedirs(self.tmp_dir, exist_ok=True)
+        tmp = f"{self.tmp_dir}/{os.getpid()}-{secrets.token_hex(8)}.part"
+        return tmp, self.fs.open(tmp, "wb")
+
+    def finish_temp(self, out: Any) -> None:
+        pass
+
+    def commit(self, tmp: str, final: str) -> None:
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, final)
+
+    def discard(self, tmp: str) -> None:
+        with suppress(Exception):
+            self.fs.rm_file(tmp)
+
+    def temp_files(self) -> list[tuple[str, float]]:
+        try:
+            paths = self.fs.ls(self.tmp_dir, detail=False)
+        except FileNotFoundError:
+            return []
+        found = []
+        for path in paths:
+            with suppress(Exception):
+                found.append((path, self.fs.modified(path).timestamp()))
+        return found
+
+
+class BlobReader(io.RawIOBase):
+    """A read-only binary stream over one object that checks its digest once fully read.
+
+    The check runs on the read that delivers the last byte (or meets an early end of file);
+    on a mismatch that read raises :class:`~keel.errors.StorageError`. Iterating yields chunks
+    of up to :data:`CHUNK_SIZE` bytes (lines mean nothing in a blob). Not seekable.
+    """
+
+    def __init__(self, raw: Any, *, digest: str, size: int, path: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self.digest = digest
+        self.size = size
+        self.path = path
+        self._hasher = _new_hasher(size)
+        self._read = 0
+        self._verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._raw.readinto(view) or 0
+        if n:
+            if self._verified:
+                self._fail("it is longer than when it was opened")
+            self._hasher.update(view[:n])
+            self._read += n
+        if (n == 0 and len(view) > 0) or self._read >= self.size:
+            self._verify()
+        return n
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(CHUNK_SIZE):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __next__(self) -> bytes:
+        chunk = self.read(CHUNK_SIZE)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def _verify(self) -> None:
+        if self._verified:
+            return
+        self._verified = True
+        actual = self._hasher.hexdigest()
+        if actual != self.digest:
+            self._fail(f"its content hashes to {actual}")
+
+    def _fail(self, why: str) -> None:
+        raise StorageError(
+            f"artifact object {self.digest} at {self.path} does not match its digest ({why}): "
+            f"{_CORRUPT_ADVICE}",
+            digest=self.digest,
+            path=self.path,
+        )
+
+
+class ArtifactStore:
+    """Blobs named by their BLAKE3 digest in a local folder or any fsspec location.
+
+    Args:
+        url: a local path (``/data/keel``, ``file:///data/keel``) or any fsspec URL
+            (``memory://x``, ``s3://bucket/prefix``, ``gs://...``).
+        fsync: local stores only: flush each new object and its folder to disk before it
+            becomes visible, so a power loss cannot leave a truncated object at its final
+            name. Costs about 1-3 ms per new object (nothing for content already stored;
+            put_dir overlaps them on threads); turn it off for scratch stores.
+
+    Example:
+        >>> store = ArtifactStore("/tmp/keel-artifacts")  # doctest: +SKIP
+        >>> blob = store.put_bytes(b"hello")  # doctest: +SKIP
+        >>> store.read_bytes(blob.digest)  # doctest: +SKIP
+        b'hello'
+    """
+
+    def __init__(self, url: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        url = os.fspath(url)
+        self.url = url
+        self._backend: _LocalBackend | _FsspecBackend
+        if "://" not in url or url.startswith("file://"):
+            local = url.removeprefix("file://")
+            self._backend = _LocalBackend(Path(local).expanduser().absolute(), fsync=fsync)
+        else:
+            self._backend = _FsspecBackend(url)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    # -- naming -------------------------------------------------------------------------------
+
+    def _object_path(self, digest: str) -> str:
+        digest = _check_digest(digest)
+        return self._backend.join("objects", digest[:2], digest[2:])
+
+    def _stored_size(self, path: str) -> int | None:
+        try:
+            return self._backend.size_or_none(path)
+        except OSError as error:
+            raise StorageError(
+                f"cannot read the artifact store {self.url}: {error.strerror or error}",
+                url=self.url,
+            ) from error
+
+    def _missing(self, digest: str, path: str) -> NotFound:
+        return NotFound(
+            f"artifact object {digest} is not in the store {self.url}",
+            digest=digest,
+            path=self._backend.display(path),
+        )
+
+    def _corrupt(self, digest: str, path: str, actual: str) -> StorageError:
+        shown = self._backend.display(path)
+        return StorageError(
+            f"artifact object {digest} at {shown} does not match its digest (its content "
+            f"hashes to {actual}): {_CORRUPT_ADVICE}",
+            digest=digest,
+            path=shown,
+        )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _put_chunks(self, chunks: Iterable[Buffer], *, size_hint: int | None) -> Blob:
+        """Stream chunks into a temp file while hashing, then move it to its content's name."""
+        backend = self._backend
+        try:
+            tmp, out = backend.open_temp()
+        except OSError as error:
+            raise self._write_error(error) from error
+        try:
+            hasher = _new_hasher(size_hint)
+            size = 0
+            with out:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(memoryview(chunk))
+                digest = hasher.hexdigest()
+                final = self._object_path(digest)
+                # Already stored: drop the copy unsynced (a size mismatch means damage: replace).
+                stored = backend.size_or_none(final) == size
+                if not stored:
+                    backend.finish_temp(out)
+            if stored:
+                backend.discard(tmp)
+            else:
+                backend.commit(tmp, final)
+        except OSError as error:
+            backend.discard(tmp)
+            raise self._write_error(error) from error
+        except BaseException:
+            backend.discard(tmp)
+            raise
+        return Blob(digest=digest, size=size)
+
+    def _write_error(self, error: OSError) -> StorageError:
+        return StorageError(
+            f"cannot write to the artifact store {self.url}: {error.strerror or error}",
+            url=self.url,
+        )
+
+    def put_bytes(self, data: bytes) -> Blob:
+        """Store bytes held in memory.
+
+        Args:
+            data: the content.
+
+        Returns:
+            The stored :class:`Blob`; storing the same bytes again writes nothing.
+
+        Raises:
+            StorageError: the store cannot be written.
+        """
+        digest = _new_hasher(len(data)).update(data).hexdigest()
+        if self._stored_size(self._object_path(digest)) == len(data):
+            return Blob(digest=digest, size=len(data))
+        return self._put_chunks([data], size_hint=len(data))
+
+    def put_file(self, path: str | os.PathLike[str]) -> Blob:
+        """Store a local file, streaming it in 1 MiB chunks (any size fits in flat memory).
+
+        Args:
+            path: the file; a symlink is followed.
+
+        Returns:
+            The stored :class:`Blob`; content already stored is not written again.
+
+        Raises:
+            NotFound: the file does not exist.
+            InvalidInput: the path is a directory.
+            StorageError: the file cannot be read, or the store cannot be written.
+        """
+        source = Path(path)
+        try:
+            size = source.stat().st_size
+        except OSError as error:
+            raise _source_error(source, error) from error
+        if size <= CHUNK_SIZE:
+            # One read, then a cheap existence check before writing anything.
+            try:
+                data = source.read_bytes()
+            except OSError as error:
+                raise _source_error(source, error) from error
+            return self.put_bytes(data)
+        return self._put_chunks(_read_chunks(source), size_hint=size)
+
+    def put_stream(self, stream: Any, *, size_hint: int | None = None) -> Blob:
+        """Store everything read from a binary stream (``read(n)`` until it returns ``b""``).
+
+        Args:
+            stream: an open binary file, socket file, HTTP response body...
+            size_hint: the expected length if known; large ones are hashed on all cores.
+
+        Returns:
+            The stored :class:`Blob`.
+
+        Raises:
+            StorageError: the store cannot be written.
+        """
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := stream.read(CHUNK_SIZE):
+                yield chunk
+
+        return self._put_chunks(chunks(), size_hint=size_hint)
+
+    def put_dir(self, path: str | os.PathLike[str]) -> Blob:
+        """Store every file under a folder, then a manifest listing them; return the manifest.
+
+        Subfolders are walked recursively and symlinks followed. Nothing is skipped: a file
+        that cannot be read, a broken symlink or a special file (FIFO, socket, device) stops
+        the call with an error naming it. Empty folders are not recorded.
+
+        Args:
+            path: the folder.
+
+        Returns:
+            The manifest's :class:`Blob`; pass its digest to :meth:`read_manifest` or
+            :meth:`get_dir`.
+
+        Raises:
+            NotFound: the folder does not exist.
+            InvalidInput: the path is not a folder, a name is not UTF-8, a symlink loops or
+                an entry is a special file.
+            StorageError: a file cannot be read, or the store cannot be written.
+        """
+        root = Path(path)
+        try:
+            st = root.stat()
+        except FileNotFoundError:
+            raise NotFound(f"no such directory: {root}", path=str(root)) from None
+        except OSError as error:
+            raise _source_error(root, error) from error
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidInput(f"{root} is not a directory: use put_file", path=str(root))
+        files: dict[str, Path] = {}
+        _walk(root, "", frozenset({(st.st_dev, st.st_ino)}), files)
+        rels = sorted(files)
+        blobs = _map_in_threads(self.put_file, [files[rel] for rel in rels])
+        return self.put_bytes(encode_manifest(dict(zip(rels, blobs, strict=True))))
+
+    def remove_stale_tmp(self, *, older_than: float = 24 * 3600.0) -> int:
+        """Delete temp files left by writers that died (SIGKILL, power loss).
+
+        Args:
+            older_than: only files last written more than this many seconds ago, so writes
+                still in progress in other processes are left alone.
+
+        Returns:
+            How many files were deleted.
+        """
+        cutoff = time.time() - older_than
+        removed = 0
+        for tmp, mtime in self._backend.temp_files():
+            if mtime < cutoff:
+                self._backend.discard(tmp)
+                removed += 1
+        return removed
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def exists(self, digest: str) -> bool:
+        """Whether an object is stored (its content is not checked).
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+        """
+        return self._stored_size(self._object_path(digest)) is not None
+
+    def size(self, digest: str) -> int:
+        """The stored object's size in bytes.
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+            NotFound: no such object.
+        """
+        path = self._object_path(digest)
+        size = self._stored_size(path)
+        if size is None:
+            raise self._missing(digest, path)
+        return size
+
+    def read_bytes(self, digest: str) -> bytes:
+        """An object's whole content, checked against its digest.
+
+        Args:
+            digest: the object's BLAKE3 hex digest.
+
+        Returns:
+            The content.
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+            NotFound: no such object.
+            StorageError: the object is corrupt or cannot be read.
+        """
+        path = self._object_path(digest)
+        try:
+            data = self._backend.read_all(path)
+        except FileNotFoundError:
+            raise self._missing(digest, path) from None
+        except OSError as error:
+            raise self._read_error(digest, path, error) from error
+        actual = _new_hasher(len(data)).update(data).hexdigest()
+        if actual != digest:
+            raise self._corrupt(digest, path, actual)
+        return data
+
+    def _read_error(self, digest: str, path: str, error: OSError) -> StorageError:
+        shown = self._backend.display(path)
+        return StorageError(
+            f"cannot read artifact object {digest} at {shown}: {error.strerror or error}",
+            digest=digest,
+            path=shown,
+        )
+
+    def open(self, digest: str) -> BlobReader:
+        """Open an object for streaming; its digest is checked once it has been read through.
+
+        Args:
+            digest: the object's BLAKE3 hex digest.
+
+        Returns:
+            A :class:`BlobReader` (use it as a context manager); the read that reaches the
+            end raises :class:`~keel.errors.StorageError` if the content does not match.
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+            NotFound: no such object.
+        """
+        path = self._object_path(digest)
+        size = self._stored_size(path)
+        if size is None:
+            raise self._missing(digest, path)
+        try:
+            raw = self._backend.open_read(path)
+        except FileNotFoundError:
+            raise self._missing(digest, path) from None
+        except OSError as error:
+            raise self._read_error(digest, path, error) from error
+        return BlobReader(raw, digest=digest, size=size, path=self._backend.display(path))
+
+    def get_file(self, digest: str, dst: str | os.PathLike[str]) -> Path:
+        """Write an object to a local file, atomically and only if its content checks out.
+
+        The content goes to a temp file beside ``dst`` and is renamed over ``dst`` after the
+        digest matched, so a corrupt object never produces (or clobbers) ``dst``. Missing
+        parent folders are created.
+
+        Args:
+            digest: the object's BLAKE3 hex digest.
+            dst: the file to write; replaced if it exists.
+
+        Returns:
+            ``dst`` as a Path.
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+            NotFound: no such object.
+            StorageError: the object is corrupt or unreadable, or ``dst`` cannot be written.
+        """
+        target = Path(dst)
+        with self.open(digest) as reader:
+
+            def copy(out: BinaryIO) -> None:
+                buffer = bytearray(CHUNK_SIZE)
+                view = memoryview(buffer)
+                while n := reader.readinto(buffer):  # the last read checks the digest
+                    out.write(view[:n])
+
+            _write_atomically(target, copy)
+        return target
+
+    def read_manifest(self, digest: str) -> dict[str, Blob]:
+        """The files a :meth:`put_dir` manifest lists, by relative POSIX path.
+
+        Args:
+            digest: the manifest's digest (what :meth:`put_dir` returned).
+
+        Returns:
+            ``{"sub/file.txt": Blob(...), ...}`` sorted by path.
+
+        Raises:
+            InvalidInput: the object is not a Keel manifest (or ``digest`` is malformed).
+            NotFound: no such object.
+            StorageError: the object is corrupt.
+        """
+        data = self.read_bytes(digest)
+        return decode_manifest(data, digest)
+
+    def get_dir(self, digest: str, dst: str | os.PathLike[str]) -> Path:
+        """Materialise every file of a manifest under ``dst`` (created if missing).
+
+        Each file is written atomically and checked as by :meth:`get_file`; files already in
+        ``dst`` that the manifest does not list are left alone.
+
+        Args:
+            digest: the manifest's digest (what :meth:`put_dir` returned).
+            dst: the folder to fill.
+
+        Returns:
+            ``dst`` as a Path.
+
+        Raises:
+            InvalidInput: the object is not a manifest.
+            NotFound: the manifest or one of its objects is missing.
+            StorageError: an object is corrupt, or ``dst`` cannot be written.
+        """
+        target = Path(dst)
+        files = self.read_manifest(digest)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"cannot create {target}: {error.strerror or error}", path=str(target)
+            ) from error
+        # Checked here, not in the manifest: a backslash separates on Windows, not on Linux.
+        for rel in files:
+            if any(
+                os.sep in p or (os.altsep and os.altsep in p) or Path(p).drive
+                for p in rel.split("/")
+            ):
+                raise InvalidInput(
+                    f"manifest {digest} lists {rel!r}, which is not a safe path here",
+                    digest=digest,
+                )
+        # Each distinct object is read once; files sharing it are copied from the first one.
+        copies: dict[str, list[Path]] = {}
+        for rel, blob in files.items():
+            copies.setdefault(blob.digest, []).append(target.joinpath(*rel.split("/")))
+
+        def fetch(digest: str) -> None:
+            first, *others = copies[digest]
+            self.get_file(digest, first)
+            for other in others:
+                _write_atomically(other, lambda out: _copy_from(first, out))
+
+        _map_in_threads(fetch, list(copies))
+        return target
+
+
+def _map_in_threads(function: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``[function(item) ...]`` on a few threads: overlaps fsyncs and remote round trips.
+
+    The first error cancels what has not started and is raised once running calls end.
+    """
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(DIR_THREADS, len(items))) as pool:
+        try:
+            return list(pool.map(function, items))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
+    """Write ``target`` through a temp file beside it, renamed over it only if ``fill`` ends."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.keel-tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as error:
+        raise StorageError(
+            f"cannot write {target}: {error.strerror or error}", path=str(target)
+        ) from error
+    try:
+        with open(fd, "wb") as out:
+            fill(out)
+        os.replace(tmp, target)
+    except BaseException as error:
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise StorageError(
+                f"cannot write {target}: {error.strerror or error}", path=str(target)
+            ) from error
+        raise
+
+
+def _copy_from(source: Path, out: BinaryIO) -> None:
+    with open(source, "rb") as copied:
+        shutil.copyfileobj(copied, out, CHUNK_SIZE)
+
+
+# -- directories ----------------------------------------------------------------
+
+
+def _walk(
+    folder: Path, prefix: str, ancestors: frozenset[tuple[int, int]], found: dict[str, Path]
+) -> None:
+    """Collect every regular file under ``folder`` into ``found`` by relative POSIX path."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as error:
+        raise StorageError(
+            f"cannot list {folder}: {error.strerror or error}", path=str(folder)
+        ) from error
+    for entry in entries:
+        path = Path(entry.path)
+        rel = prefix + entry.name
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"{path!r}: file names must be valid UTF-8 to be stored", path=repr(path)
+            ) from None
+        try:
+            st = os.stat(path)  # follows symlinks
+        except OSError as error:
+            broken = " (a broken symlink)" if entry.is_symlink() else ""
+            raise StorageError(
+                f"cannot read {path}{broken}: {error.strerror or error}", path=str(path)
+            ) from error
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                raise InvalidInput(f"{path} is a symlink loop", path=str(path))
+            _walk(path, rel + "/", ancestors | {key}, found)
+        elif stat.S_ISREG(st.st_mode):
+            found[rel] = path
+        else:
+            raise InvalidInput(
+                f"{path} is not a regular file or folder (a FIFO, socket or device): "
+                "it cannot be stored",
+                path=str(path),
+            )
