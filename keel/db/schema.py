@@ -65,10 +65,14 @@ experiment_tags = Table(
     Column("value", Text, nullable=False),
 )
 
+BIGINT = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
 runs = Table(
     "runs",
     metadata,
-    Column("run_id", String(32), primary_key=True),
+    # the integer key the metric history uses (compact index entries); run_id is the public id
+    Column("run_key", BIGINT, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False, unique=True),
     Column(
         "experiment_id",
         Integer,
@@ -115,16 +119,14 @@ tags = Table(
 metrics = Table(
     "metrics",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("run_id", String(32), ForeignKey("runs.run_id", ondelete="CASCADE"), nullable=False),
+    Column("id", BIGINT, primary_key=True, autoincrement=True),
+    Column("run_key", BigInteger, ForeignKey("runs.run_key", ondelete="CASCADE"), nullable=False),
     Column("key", String(250), nullable=False),
     Column("value", Float(precision=53), nullable=True),
     Column("is_nan", Boolean, nullable=False),
     Column("step", BigInteger, nullable=False),
     Column("timestamp", BigInteger, nullable=False),
-    Index("ix_metrics_run_id_key_step", "run_id", "key", "step"),
+    Index("ix_metrics_run_key_key_step", "run_key", "key", "step"),
 )
 
 latest_metrics = Table(

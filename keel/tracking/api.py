@@ -34,7 +34,7 @@ from keel.tracking.models import (
     RunStatus,
 )
 from keel.tracking.source import capture_source, current_user
-from keel.tracking.store import MetricPoint, TrackingStore, check_key, now_ms
+from keel.tracking.store import PointTuple, TrackingStore, check_key, now_ms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,7 +266,7 @@ class Client:
         if type(key) is not str or not key or len(key) > 250:
             check_key(key, what="metric")
         self._buffer.add(
-            MetricPoint(
+            (
                 run_id,
                 key,
                 value if type(value) is float else _as_float(key, value),
@@ -286,15 +286,13 @@ class Client:
         """Buffer several metric points sharing one step and timestamp."""
         ts = now_ms() if timestamp is None else int(timestamp)
         st = 0 if step is None else int(step)
-        points = []
+        points: list[PointTuple] = []
         for key, value in metrics.items():
             if type(key) is not str or not key or len(key) > 250:
                 check_key(key, what="metric")
-            points.append(
-                MetricPoint(
-                    run_id, key, value if type(value) is float else _as_float(key, value), st, ts
-                )
-            )
+            if type(value) is not float:
+                value = _as_float(key, value)
+            points.append((run_id, key, value, st, ts))
         self._buffer.extend(points)
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:

@@ -13,8 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from keel.errors import KeelError, StorageError
-from keel.tracking.store import MetricPoint, TrackingStore
+from keel.errors import KeelError, NotFound, StorageError
+from keel.tracking.store import PointTuple, TrackingStore
 
 __all__ = ["MetricBuffer"]
 
@@ -36,7 +36,7 @@ class MetricBuffer:
         self._size = size
         self._heartbeat_interval = heartbeat_interval
         self._open_runs = open_runs
-        self._points: list[MetricPoint] = []
+        self._points: list[PointTuple] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -44,7 +44,7 @@ class MetricBuffer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def add(self, point: MetricPoint) -> None:
+    def add(self, point: PointTuple) -> None:
         with self._lock:
             self._points.append(point)
             pending = len(self._points)
@@ -53,7 +53,7 @@ class MetricBuffer:
         if pending >= self._size:
             self._wake.set()
 
-    def extend(self, points: list[MetricPoint]) -> None:
+    def extend(self, points: list[PointTuple]) -> None:
         with self._lock:
             self._points.extend(points)
             pending = len(self._points)
@@ -78,7 +78,7 @@ class MetricBuffer:
             if not points:
                 return
             try:
-                self._store.log_metric_points(points)
+                self._write(points)
             except BaseException as exc:
                 with self._lock:
                     self._points[:0] = points
@@ -90,6 +90,21 @@ class MetricBuffer:
                     pending=len(points),
                 ) from exc
             self._error = None
+
+    def _write(self, points: list[PointTuple]) -> None:
+        try:
+            self._store.log_metric_points(points)
+        except NotFound as exc:
+            # a run deleted from the database for good: keep the other runs' points flowing
+            gone = set(exc.context.get("run_ids", ()))
+            kept = [p for p in points if p[0] not in gone]
+            log.warning(
+                "keel: dropped %d metric points of runs that no longer exist: %s",
+                len(points) - len(kept),
+                ", ".join(sorted(gone)),
+            )
+            if kept:
+                self._store.log_metric_points(kept)
 
     def start_heartbeats(self) -> None:
         """Make sure the background thread runs (it also sends heartbeats)."""

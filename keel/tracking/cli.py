@@ -198,32 +198,72 @@ def runs() -> None:
     """
 
 
-def _runs_table(items: Sequence[Run], *, title: str | None = None) -> None:
+def _dynamic_columns(items: Sequence[Run], wanted: Sequence[str], width: int) -> list[str]:
+    """Metric and param columns that fit: those the query names first, then the rest."""
+    present = [f"metrics.{k}" for k in sorted({k for r in items for k in r.metrics})]
+    present += [f"params.{k}" for k in sorted({k for r in items for k in r.params})]
+    ordered = [c for c in wanted if c in present] + [c for c in present if c not in wanted]
+    chosen: list[str] = []
+    used = 0
+    for column in ordered[:_MAX_DYNAMIC_COLUMNS]:
+        cost = max(len(column.split(".", 1)[1]), 8) + 2
+        if chosen and used + cost > width:
+            break
+        chosen.append(column)
+        used += cost
+    return chosen
+
+
+def _mentioned(*texts: str) -> list[str]:
+    import re
+
+    found = re.findall(r"\b(?:metrics?|params?)\.([\w./:-]+)", " ".join(texts))
+    names = re.findall(r"\b(metrics?|params?)\.[\w./:-]+", " ".join(texts))
+    columns = [
+        f"{'metrics' if kind.startswith('metric') else 'params'}.{key}"
+        for kind, key in zip(names, found, strict=True)
+    ]
+    return list(dict.fromkeys(columns))
+
+
+def _runs_table(items: Sequence[Run], *, mentioned: Sequence[str] = ()) -> None:
     from rich.table import Table
 
-    metric_keys = sorted({k for r in items for k in r.metrics})[:_MAX_DYNAMIC_COLUMNS]
-    param_keys = sorted({k for r in items for k in r.params})[:_MAX_DYNAMIC_COLUMNS]
-    table = Table(title=title, box=None, header_style="bold")
+    console = _console()
+    columns = _dynamic_columns(items, mentioned, max(console.width - 52, 20))
+    table = Table(box=None, header_style="bold")
     for column in ("run", "name", "status", "started", "duration"):
         table.add_column(column, no_wrap=True)
-    for key in metric_keys:
-        table.add_column(f"metrics.{key}", justify="right")
-    for key in param_keys:
-        table.add_column(f"params.{key}")
+    for column in columns:
+        kind, key = column.split(".", 1)
+        metric = kind == "metrics"
+        table.add_column(
+            key,
+            justify="right" if metric else "left",
+            header_style="bold cyan" if metric else "bold magenta",
+        )
     for r in items:
         style = _STATUS_STYLE.get(r.status, "")
+        cells = []
+        for column in columns:
+            kind, key = column.split(".", 1)
+            if kind == "metrics":
+                cells.append(_number(r.metrics[key]) if key in r.metrics else "")
+            else:
+                cells.append(r.params.get(key, ""))
         table.add_row(
             r.run_id[:8],
             r.run_name,
             f"[{style}]{r.status.value}[/]",
-            _when(r.start_time),
+            _when(r.start_time)[5:16],
             _duration(r),
-            *(_number(r.metrics[k]) if k in r.metrics else "" for k in metric_keys),
-            *(r.params.get(k, "") for k in param_keys),
+            *cells,
         )
-    _console().print(table)
+    console.print(table)
     if not items:
         click.echo("No runs matched.", err=True)
+    elif columns:
+        click.echo("(metrics in cyan, params in magenta; --json for everything)", err=True)
 
 
 _order_option = click.option(
@@ -287,7 +327,7 @@ def runs_list(
     if as_json:
         _echo_json([_run_dict(r) for r in items])
     else:
-        _runs_table(items)
+        _runs_table(items, mentioned=_mentioned(*order_by))
 
 
 @runs.command("search")
@@ -316,7 +356,7 @@ def runs_search(
     if as_json:
         _echo_json([_run_dict(r) for r in items])
     else:
-        _runs_table(items)
+        _runs_table(items, mentioned=_mentioned(*order_by, filter_string))
 
 
 @runs.command("show")
@@ -407,13 +447,9 @@ def runs_compare(run_ids: tuple[str, ...], all_keys: bool, as_json: bool) -> Non
             continue
         shown += 1
         cells = []
-        numeric = [v for v in values if isinstance(v, float) and v == v]
-        best = min(numeric) if section == "metrics" and numeric else None
         for value in values:
             text = "—" if value is None else _number(value) if isinstance(value, float) else value
-            if differs:
-                text = f"[bold yellow]{text}[/]" if value != best else f"[bold green]{text}[/]"
-            cells.append(text)
+            cells.append(f"[bold yellow]{text}[/]" if differs else text)
         table.add_row(section, key, *cells)
     _console().print(table)
     if not shown:

@@ -30,7 +30,7 @@ from keel.tracking.models import (
 )
 from keel.tracking.query import build_search
 
-__all__ = ["MetricPoint", "RunningRun", "TrackingStore", "now_ms"]
+__all__ = ["MetricPoint", "PointTuple", "RunningRun", "TrackingStore", "now_ms"]
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -50,6 +50,11 @@ class MetricPoint(NamedTuple):
     value: float
     step: int
     timestamp: int
+
+
+#: A metric point as the buffer holds it: (run_id, key, value, step, timestamp). MetricPoint is
+#: the named form; hot paths build plain tuples.
+PointTuple = tuple[str, str, float, int, int]
 
 
 class RunningRun(NamedTuple):
@@ -81,9 +86,26 @@ class TrackingStore:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         placeholder = "%s" if engine.dialect.paramstyle in ("format", "pyformat") else "?"
-        columns = "run_id, key, value, is_nan, step, timestamp"
+        columns = "run_key, key, value, is_nan, step, timestamp"
         self._metrics_sql = (
             f"INSERT INTO metrics ({columns}) VALUES ({', '.join([placeholder] * 6)})"
+        )
+        self._run_key_cache: dict[str, int] = {}
+        lm = schema.latest_metrics
+        upsert = self._insert(lm)
+        newer = or_(
+            upsert.excluded.step > lm.c.step,
+            and_(upsert.excluded.step == lm.c.step, upsert.excluded.timestamp >= lm.c.timestamp),
+        )
+        self._latest_upsert = upsert.on_conflict_do_update(
+            index_elements=["run_id", "key"],
+            set_={
+                "value": upsert.excluded.value,
+                "is_nan": upsert.excluded.is_nan,
+                "step": upsert.excluded.step,
+                "timestamp": upsert.excluded.timestamp,
+            },
+            where=newer,
         )
 
     # -- transactions ---------------------------------------------------------------------
@@ -226,8 +248,10 @@ class TrackingStore:
                     f"experiment {experiment_id} is deleted; restore it before adding runs",
                     experiment_id=experiment_id,
                 )
-            conn.execute(
-                schema.runs.insert().values(
+            run_key = conn.execute(
+                schema.runs.insert()
+                .returning(schema.runs.c.run_key)
+                .values(
                     run_id=run_id,
                     experiment_id=experiment_id,
                     run_name=name,
@@ -240,9 +264,10 @@ class TrackingStore:
                     pid=pid,
                     heartbeat_at=start,
                 )
-            )
+            ).scalar_one()
             if tag_rows:
                 conn.execute(schema.tags.insert(), tag_rows)
+        self._run_key_cache[run_id] = int(run_key)
         return Run(
             run_id=run_id,
             experiment_id=experiment_id,
@@ -474,75 +499,72 @@ class TrackingStore:
                 run_id=run_id,
             )
 
-    # -- metrics --------------------------------------------------------------------------
-    def log_metric_points(self, points: Sequence[MetricPoint]) -> None:
-        """Write a batch of points to the history and advance the latest value per key."""
+    # -- metrics ------------------------------------------------------------------------
+    def _run_keys(self, run_ids: Iterable[str]) -> dict[str, int]:
+        """Integer keys of runs (cached); raises NotFound naming every id that does not exist."""
+        wanted = set(run_ids)
+        missing = [r for r in wanted if r not in self._run_key_cache]
+        if missing:
+            r = schema.runs
+            with self._read() as conn:
+                for start in range(0, len(missing), _IN_CHUNK):
+                    chunk = missing[start : start + _IN_CHUNK]
+                    query = select(r.c.run_id, r.c.run_key).where(r.c.run_id.in_(chunk))
+                    self._run_key_cache.update((rid, key) for rid, key in conn.execute(query))
+            absent = sorted(r for r in missing if r not in self._run_key_cache)
+            if absent:
+                raise NotFound(
+                    f"cannot log metrics to runs that do not exist: {', '.join(absent)}",
+                    run_ids=absent,
+                )
+        if len(self._run_key_cache) > 100_000:
+            keep = {r: self._run_key_cache[r] for r in wanted}
+            self._run_key_cache.clear()
+            self._run_key_cache.update(keep)
+        return {r: self._run_key_cache[r] for r in wanted}
+
+    def log_metric_points(self, points: Sequence[PointTuple]) -> None:
+        """Write a batch of points to the history and advance the latest value per key.
+
+        The batch is written whole or not at all.
+
+        Raises:
+            NotFound: a point names a run that does not exist (its ids are in ``run_ids``).
+        """
         if not points:
             return
-        history = []
-        latest: dict[tuple[str, str], MetricPoint] = {}
+        keys = self._run_keys(p[0] for p in points)
+        history = [
+            (keys[run_id], key, None if value != value else value, value != value, step, ts)
+            for run_id, key, value, step, ts in points
+        ]
+        latest: dict[tuple[str, str], PointTuple] = {}
         for point in points:
-            value = point.value
-            nan = value != value
-            history.append(
-                (point.run_id, point.key, None if nan else value, nan, point.step, point.timestamp)
-            )
-            slot = (point.run_id, point.key)
+            slot = (point[0], point[1])
             best = latest.get(slot)
-            if best is None or (point.step, point.timestamp) >= (best.step, best.timestamp):
+            if best is None or (point[3], point[4]) >= (best[3], best[4]):
                 latest[slot] = point
-        lm = schema.latest_metrics
-        upsert = self._insert(lm)
-        newer = or_(
-            upsert.excluded.step > lm.c.step,
-            and_(upsert.excluded.step == lm.c.step, upsert.excluded.timestamp >= lm.c.timestamp),
-        )
-        upsert = upsert.on_conflict_do_update(
-            index_elements=["run_id", "key"],
-            set_={
-                "value": upsert.excluded.value,
-                "is_nan": upsert.excluded.is_nan,
-                "step": upsert.excluded.step,
-                "timestamp": upsert.excluded.timestamp,
-            },
-            where=newer,
-        )
         latest_rows = [
             {
-                "run_id": p.run_id,
-                "key": p.key,
-                "value": None if p.value != p.value else p.value,
-                "is_nan": p.value != p.value,
-                "step": p.step,
-                "timestamp": p.timestamp,
+                "run_id": run_id,
+                "key": key,
+                "value": None if value != value else value,
+                "is_nan": value != value,
+                "step": step,
+                "timestamp": ts,
             }
-            for p in latest.values()
+            for run_id, key, value, step, ts in latest.values()
         ]
-        try:
-            with self._write() as conn, conn.begin():
-                conn.exec_driver_sql(self._metrics_sql, history)
-                conn.execute(upsert, latest_rows)
-        except IntegrityError as exc:
-            missing = sorted({p.run_id for p in points} - set(self._existing_run_ids(points)))
-            raise NotFound(
-                f"cannot log metrics to runs that do not exist: {', '.join(missing)}",
-                run_ids=missing,
-            ) from exc
-
-    def _existing_run_ids(self, points: Iterable[MetricPoint]) -> list[str]:
-        ids = list({p.run_id for p in points})
-        with self._read() as conn:
-            return list(
-                conn.execute(
-                    select(schema.runs.c.run_id).where(schema.runs.c.run_id.in_(ids))
-                ).scalars()
-            )
+        with self._write() as conn, conn.begin():
+            conn.exec_driver_sql(self._metrics_sql, history)
+            conn.execute(self._latest_upsert, latest_rows)
 
     def metric_history(self, run_id: str, key: str) -> list[Metric]:
-        m = schema.metrics
+        m, r = schema.metrics, schema.runs
+        run_key = select(r.c.run_key).where(r.c.run_id == run_id).scalar_subquery()
         query = (
             select(m.c.key, m.c.value, m.c.is_nan, m.c.step, m.c.timestamp)
-            .where(m.c.run_id == run_id, m.c.key == key)
+            .where(m.c.run_key == run_key, m.c.key == key)
             .order_by(m.c.step, m.c.timestamp, m.c.id)
         )
         with self._read() as conn:
