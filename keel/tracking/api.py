@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from keel.artifacts.store import ArtifactStore
+from keel.artifacts import ArtifactStore
 from keel.db import ensure_schema, make_engine
 from keel.errors import InvalidInput, MissingExtra, NotFound
 from keel.settings import Settings

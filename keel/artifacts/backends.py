@@ -1,0 +1,148 @@
+"""Where the artifact store's bytes live: a local folder (plain os calls) or any fsspec URL.
+
+Both backends offer the same small set of operations the store needs: paths, sizes, reads,
+temporary files that become objects by an atomic move, and a listing of stale temporaries.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FsspecBackend", "LocalBackend"]
+
+
+class LocalBackend:
+    """A store in a local folder, driven with os calls (no fsspec overhead)."""
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.tmp_dir = str(root / "tmp")
+        self._made_dirs: set[str] = set()
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def display(self, path: str) -> str:
+        return path
+
+    def size_or_none(self, path: str) -> int | None:
+        try:
+            return os.stat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def open_read(self, path: str) -> Any:
+        return open(path, "rb", buffering=0)
+
+    def read_all(self, path: str) -> bytes:
+        with open(path, "rb") as source:
+            return source.read()
+
+    def _makedirs(self, path: str) -> None:
+        if path not in self._made_dirs:
+            os.makedirs(path, exist_ok=True)
+            self._made_dirs.add(path)
+
+    def open_temp(self) -> tuple[str, Any]:
+        self._makedirs(self.tmp_dir)
+        tmp = os.path.join(self.tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        # Objects are immutable: created read-only (the open descriptor may still write).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
+        return tmp, open(fd, "wb")
+
+    def finish_temp(self, out: Any) -> None:
+        if self.fsync:
+            out.flush()
+            os.fsync(out.fileno())
+
+    def commit(self, tmp: str, final: str) -> None:
+        parent = os.path.dirname(final)
+        self._makedirs(parent)
+        os.replace(tmp, final)
+        if self.fsync and hasattr(os, "O_DIRECTORY"):
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def discard(self, tmp: str) -> None:
+        with suppress(OSError):
+            os.unlink(tmp)
+
+    def temp_files(self) -> list[tuple[str, float]]:
+        try:
+            with os.scandir(self.tmp_dir) as listing:
+                entries = list(listing)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            with suppress(OSError):
+                found.append((entry.path, entry.stat().st_mtime))
+        return found
+
+
+class FsspecBackend:
+    """A store on any fsspec filesystem (object stores, memory://, ssh, ...)."""
+
+    def __init__(self, url: str) -> None:
+        from fsspec.core import url_to_fs
+
+        self.fs, root = url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.tmp_dir = f"{self.root}/tmp"
+
+    def join(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    def display(self, path: str) -> str:
+        return str(self.fs.unstrip_protocol(path))
+
+    def size_or_none(self, path: str) -> int | None:
+        try:
+            return int(self.fs.info(path)["size"])
+        except FileNotFoundError:
+            return None
+
+    def open_read(self, path: str) -> Any:
+        if self.fs.protocol in ("memory", ("memory",)):
+            # memory:// hands every reader the same file object (one shared position).
+            return io.BytesIO(self.fs.cat_file(path))
+        return self.fs.open(path, "rb")
+
+    def read_all(self, path: str) -> bytes:
+        return bytes(self.fs.cat_file(path))
+
+    def open_temp(self) -> tuple[str, Any]:
+        self.fs.makedirs(self.tmp_dir, exist_ok=True)
+        tmp = f"{self.tmp_dir}/{os.getpid()}-{secrets.token_hex(8)}.part"
+        return tmp, self.fs.open(tmp, "wb")
+
+    def finish_temp(self, out: Any) -> None:
+        pass
+
+    def commit(self, tmp: str, final: str) -> None:
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, final)
+
+    def discard(self, tmp: str) -> None:
+        with suppress(Exception):
+            self.fs.rm_file(tmp)
+
+    def temp_files(self) -> list[tuple[str, float]]:
+        try:
+            paths = self.fs.ls(self.tmp_dir, detail=False)
+        except FileNotFoundError:
+            return []
+        found = []
+        for path in paths:
+            with suppress(Exception):
+                found.append((path, self.fs.modified(path).timestamp()))
+        return found
