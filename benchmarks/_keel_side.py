@@ -204,6 +204,9 @@ def main() -> None:
 
     result = BENCHMARKS[args.bench](args)
     if _PROFILES:
+        from keel.tracking.fluent import get_client
+
+        get_client().close()  # stops the metric writer thread, so its profile is complete
         result["profile_threads_skipped"] = _PROFILES.dump(args.profile)
     result.update(tool="keel", version=_keel_version(keel), pid=os.getpid())
     sys.stdout.write(json.dumps(result) + "\n")

@@ -511,7 +511,7 @@ def _fmt_ms(value: float) -> str:
 
 
 def _fmt_s(value: float) -> str:
-    return f"{value:.2f} s"
+    return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
 
 
 def _cell(
@@ -752,7 +752,9 @@ def main(argv: list[str] | None = None) -> int:
         "table": [dataclasses.asdict(r) for r in rows],
     }
     RESULTS.mkdir(exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    # Only a complete run takes the plain name; partial runs never overwrite it.
+    parts = [*(["quick"] if args.quick else []), *(args.only or []), *(tools if args.tool else [])]
+    suffix = "".join(f"-{part}" for part in parts)
     path = RESULTS / f"tracking-{started:%Y-%m-%d}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
 
