@@ -286,13 +286,17 @@ class Client:
         """Buffer several metric points sharing one step and timestamp."""
         ts = now_ms() if timestamp is None else int(timestamp)
         st = 0 if step is None else int(step)
-        points: list[PointTuple] = []
-        for key, value in metrics.items():
-            if type(key) is not str or not key or len(key) > 250:
+        # fast path: str keys of valid length and float values, checked in one comprehension
+        points: list[PointTuple] = [
+            (run_id, key, value, st, ts)
+            for key, value in metrics.items()
+            if type(value) is float and type(key) is str and 0 < len(key) <= 250
+        ]
+        if len(points) != len(metrics):
+            points = []
+            for key, value in metrics.items():
                 check_key(key, what="metric")
-            if type(value) is not float:
-                value = _as_float(key, value)
-            points.append((run_id, key, value, st, ts))
+                points.append((run_id, key, _as_float(key, value), st, ts))
         self._buffer.extend(points)
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
