@@ -1,0 +1,771 @@
+"""The run-search language: a tokenizer and recursive-descent parser for filters and order_by.
+
+A filter such as ``metrics.rmse < 1 AND params.model = 'tree'`` parses into a small tree of frozen
+dataclasses (:class:`Comparison`, :class:`And`, :class:`Or`, :class:`Not`); an order_by clause
+such as ``"metrics.rmse DESC"`` parses into :class:`OrderKey`. Parsing also checks types (metrics
+are numeric, ``start_time`` takes a time ...) and normalises values (an ISO date becomes
+milliseconds, ``'5m'`` becomes 300000), so the compiler in :mod:`keel.tracking.query` never has
+to reject anything. Every mistake raises :class:`keel.errors.InvalidQuery` with the position of
+the offending token. The grammar, in order of increasing precedence::
+
+    filter     := [or]
+    or         := and (OR and)*
+    and        := unary (AND unary)*
+    unary      := NOT unary | '(' or ')' | comparison
+    comparison := field (op value | [NOT] (LIKE | ILIKE) string | [NOT] IN list | IS [NOT] NULL)
+    order_by   := field [ASC | DESC] (',' field [ASC | DESC])*
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import Enum, StrEnum
+
+from keel.errors import InvalidQuery
+
+__all__ = [
+    "ATTRIBUTES",
+    "And",
+    "AttributeType",
+    "Comparison",
+    "Expr",
+    "Field",
+    "Kind",
+    "Not",
+    "Number",
+    "Op",
+    "Or",
+    "OrderKey",
+    "String",
+    "Value",
+    "parse_filter",
+    "parse_order_by",
+]
+
+
+class Kind(StrEnum):
+    """What a field names: a metric, a param, a tag or an attribute of the run itself."""
+
+    METRIC = "metrics"
+    PARAM = "params"
+    TAG = "tags"
+    ATTRIBUTE = "attributes"
+
+
+class AttributeType(Enum):
+    TEXT = "text"
+    TIME = "time"
+    DURATION = "duration"
+    INTEGER = "integer"
+
+
+#: The searchable run attributes and their types.
+ATTRIBUTES: dict[str, AttributeType] = {
+    "run_id": AttributeType.TEXT,
+    "run_name": AttributeType.TEXT,
+    "status": AttributeType.TEXT,
+    "user": AttributeType.TEXT,
+    "start_time": AttributeType.TIME,
+    "end_time": AttributeType.TIME,
+    "duration": AttributeType.DURATION,
+    "experiment_id": AttributeType.INTEGER,
+    "lifecycle_stage": AttributeType.TEXT,
+}
+_ATTRIBUTE_ALIASES = {"user_id": "user", "created": "start_time"}  # MLflow spellings
+
+_PREFIXES = {
+    "metric": Kind.METRIC,
+    "metrics": Kind.METRIC,
+    "param": Kind.PARAM,
+    "params": Kind.PARAM,
+    "parameter": Kind.PARAM,
+    "parameters": Kind.PARAM,
+    "tag": Kind.TAG,
+    "tags": Kind.TAG,
+    "attribute": Kind.ATTRIBUTE,
+    "attributes": Kind.ATTRIBUTE,
+    "attr": Kind.ATTRIBUTE,
+    "run": Kind.ATTRIBUTE,
+}
+
+
+class Op(StrEnum):
+    EQ = "="
+    NE = "!="
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    LIKE = "LIKE"
+    ILIKE = "ILIKE"
+    NOT_LIKE = "NOT LIKE"
+    NOT_ILIKE = "NOT ILIKE"
+    IN = "IN"
+    NOT_IN = "NOT IN"
+    IS_NULL = "IS NULL"
+    IS_NOT_NULL = "IS NOT NULL"
+
+
+_PATTERN_OPS = frozenset({Op.LIKE, Op.ILIKE, Op.NOT_LIKE, Op.NOT_ILIKE})
+_LIST_OPS = frozenset({Op.IN, Op.NOT_IN})
+_NULL_OPS = frozenset({Op.IS_NULL, Op.IS_NOT_NULL})
+_OPERATORS_HELP = "(=, !=, <, <=, >, >=, LIKE, ILIKE, IN, IS)"
+
+
+@dataclass(frozen=True)
+class Field:
+    """``metrics.rmse`` is ``Field(Kind.METRIC, "rmse")``; attribute keys are canonical names."""
+
+    kind: Kind
+    key: str
+    position: int = field(default=0, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        if self.kind is Kind.ATTRIBUTE:
+            return self.key
+        plain = re.fullmatch(r"[^\W\d][\w\-/.:]*", self.key) is not None
+        return f"{self.kind.value}.{self.key if plain else '`' + self.key + '`'}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric literal; ``text`` is the exact decimal spelling (for exact comparisons)."""
+
+    value: float
+    text: str
+    position: int = field(default=0, compare=False, repr=False)
+
+    @property
+    def is_nan(self) -> bool:
+        return math.isnan(self.value)
+
+
+@dataclass(frozen=True)
+class String:
+    value: str
+    position: int = field(default=0, compare=False, repr=False)
+
+
+Value = Number | String
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One test on one field; ``values`` has one item, the IN list, or none for IS [NOT] NULL."""
+
+    field: Field
+    op: Op
+    values: tuple[Value, ...] = ()
+
+    @property
+    def is_numeric(self) -> bool:
+        """True when the literal(s) are numbers: params and tags then compare numerically."""
+        return bool(self.values) and isinstance(self.values[0], Number)
+
+
+@dataclass(frozen=True)
+class And:
+    operands: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    operands: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: Expr
+
+
+Expr = Comparison | And | Or | Not
+
+
+@dataclass(frozen=True)
+class OrderKey:
+    field: Field
+    descending: bool = False
+
+
+def parse_filter(text: str | None) -> Expr | None:
+    """Parse a filter string; an empty or blank one means "no filter" and returns None.
+
+    Raises:
+        InvalidQuery: the filter is malformed, names an unknown field, or compares a field with
+            a value of the wrong type; its ``position`` points at the offending token.
+
+    Example:
+        >>> parse_filter("metrics.rmse < 1 and params.model = 'tree'")  # doctest: +ELLIPSIS
+        And(operands=(Comparison(field=Field(kind=<Kind.METRIC: 'metrics'>, key='rmse'), ...
+    """
+    if text is None or not text.strip():
+        return None
+    return _Parser(text).parse_filter()
+
+
+def parse_order_by(clauses: Sequence[str] | None) -> tuple[OrderKey, ...]:
+    """Parse order_by clauses such as ``["metrics.rmse DESC", "start_time"]``.
+
+    A clause may also hold several comma-separated keys; blank clauses are ignored.
+
+    Raises:
+        InvalidQuery: a clause is malformed or names an unknown field.
+    """
+    if isinstance(clauses, str):
+        clauses = [clauses]
+    keys: list[OrderKey] = []
+    for clause in clauses or ():
+        if clause.strip():
+            keys.extend(_Parser(clause).parse_order_by())
+    return tuple(keys)
+
+
+# --- tokenizer ------------------------------------------------------------------------------
+
+
+class _T(Enum):
+    FIELD = "field"
+    STRING = "string"
+    NUMBER = "number"
+    OP = "operator"
+    LPAREN = "("
+    RPAREN = ")"
+    COMMA = ","
+    KEYWORD = "keyword"
+    END = "end"
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: _T
+    text: str  # the source text as written
+    position: int
+    value: str = ""  # STRING: the unquoted string; KEYWORD: upper case; FIELD: the key
+    prefix: str | None = None  # FIELD: the prefix as written, None for a bare name
+    key_position: int = 0  # FIELD: where the key starts
+
+
+_KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "ILIKE", "ASC", "DESC"})
+_SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "infinity": math.inf}
+_IDENT = re.compile(r"[^\W\d][\w\-/.:]*")
+_IDENT_CHAR = re.compile(r"[\w\-/.:]")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_OPERATORS = ("<=", ">=", "!=", "<>", "==", "<", ">", "=")
+
+
+def _tokenize(text: str) -> Iterator[_Token]:
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c in "(),":
+            kind = {"(": _T.LPAREN, ")": _T.RPAREN, ",": _T.COMMA}[c]
+            yield _Token(kind, c, i)
+            i += 1
+        elif c in "'\"":
+            value, end = _read_quoted(text, i)
+            yield _Token(_T.STRING, text[i:end], i, value)
+            i = end
+        elif c == "`":
+            raise InvalidQuery(
+                "backticks quote a key right after its prefix, as in metrics.`my metric`; "
+                "quote string values with ' or \"",
+                query=text,
+                position=i,
+            )
+        elif op := next((o for o in _OPERATORS if text.startswith(o, i)), None):
+            if op == "==":
+                raise InvalidQuery("use = to test equality, not ==", query=text, position=i)
+            yield _Token(_T.OP, op, i, "!=" if op == "<>" else op)
+            i += len(op)
+        elif c.isdigit() or c == "." or (c in "+-" and i + 1 < n and text[i + 1] in "0123456789."):
+            match = _NUMBER.match(text, i)
+            end = match.end() if match else i + 1
+            if match is None or (end < n and _IDENT_CHAR.match(text, end)):
+                while end < n and _IDENT_CHAR.match(text, end):
+                    end += 1
+                raise InvalidQuery(
+                    f"invalid number {text[i:end]!r}; write numbers like 3, -0.5 or 1e-3, and "
+                    "quote strings",
+                    query=text,
+                    position=i,
+                )
+            yield _Token(_T.NUMBER, match.group(), i, match.group())
+            i = end
+        elif (
+            c in "+-"
+            and (m := _IDENT.match(text, i + 1))
+            and m.group().lower() in (_SPECIAL_NUMBERS)
+        ):
+            yield _Token(_T.NUMBER, text[i : m.end()], i, text[i : m.end()])
+            i = m.end()
+        elif m := _IDENT.match(text, i):
+            word, i = m.group(), m.end()
+            if word.count(".") == 1 and word.endswith(".") and i < n and text[i] in '`"':
+                # a quoted key: metrics.`my metric` or params."a b"
+                key, i = _read_quoted(text, i)
+                yield _Token(_T.FIELD, text[m.start() : i], m.start(), key, word[:-1], m.end())
+            else:
+                yield _field_or_keyword(word, m.start())
+        else:
+            raise InvalidQuery(f"unexpected character {c!r}", query=text, position=i)
+    yield _Token(_T.END, "", n)
+
+
+def _field_or_keyword(word: str, position: int) -> _Token:
+    if "." not in word:
+        if word.upper() in _KEYWORDS:
+            return _Token(_T.KEYWORD, word, position, word.upper())
+        if word.lower() in _SPECIAL_NUMBERS:
+            return _Token(_T.NUMBER, word, position, word)
+        return _Token(_T.FIELD, word, position, word, None, position)
+    prefix, key = word.split(".", 1)
+    return _Token(_T.FIELD, word, position, key, prefix, position + len(prefix) + 1)
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """Read a quoted string or key from ``start`` (a quote); returns (value, index after it).
+
+    A doubled quote or a backslash before a quote or a backslash stands for that character;
+    any other backslash is kept, so LIKE patterns can escape ``%`` and ``_`` with it.
+    """
+    quote, out, i, n = text[start], [], start + 1, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n and text[i + 1] in "\\'\"`":
+            out.append(text[i + 1])
+            i += 2
+        elif c == quote and i + 1 < n and text[i + 1] == quote:
+            out.append(quote)
+            i += 2
+        elif c == quote:
+            return "".join(out), i + 1
+        else:
+            out.append(c)
+            i += 1
+    what = "key" if quote == "`" else "string"
+    raise InvalidQuery(
+        f"unterminated {what} starting here; close it with {quote}", query=text, position=start
+    )
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens = list(_tokenize(text))
+        self.i = 0
+
+    # token helpers
+
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def advance(self) -> _Token:
+        token = self.tokens[self.i]
+        self.i = min(self.i + 1, len(self.tokens) - 1)
+        return token
+
+    def at_keyword(self, *words: str) -> bool:
+        token = self.peek()
+        return token.kind is _T.KEYWORD and token.value in words
+
+    def error(self, message: str, position: int) -> InvalidQuery:
+        return InvalidQuery(message, query=self.text, position=position)
+
+    def describe(self, token: _Token) -> str:
+        return "the end of the input" if token.kind is _T.END else repr(token.text)
+
+    # filters
+
+    def parse_filter(self) -> Expr:
+        expr = self.parse_or()
+        token = self.peek()
+        if token.kind is _T.RPAREN:
+            raise self.error("unexpected ')' with no matching '('", token.position)
+        if token.kind is not _T.END:
+            raise self.error(
+                f"expected AND, OR or the end of the filter, found {self.describe(token)}",
+                token.position,
+            )
+        return expr
+
+    def parse_or(self) -> Expr:
+        operands = [self.parse_and()]
+        while self.at_keyword("OR"):
+            self.advance()
+            operands.append(self.parse_and())
+        return operands[0] if len(operands) == 1 else Or(_flatten(Or, operands))
+
+    def parse_and(self) -> Expr:
+        operands = [self.parse_unary()]
+        while self.at_keyword("AND"):
+            self.advance()
+            operands.append(self.parse_unary())
+        return operands[0] if len(operands) == 1 else And(_flatten(And, operands))
+
+    def parse_unary(self) -> Expr:
+        token = self.peek()
+        if self.at_keyword("NOT"):
+            self.advance()
+            return Not(self.parse_unary())
+        if token.kind is _T.LPAREN:
+            self.advance()
+            if self.peek().kind is _T.RPAREN:
+                raise self.error("empty parentheses; put a comparison inside", self.peek().position)
+            expr = self.parse_or()
+            closing = self.peek()
+            if closing.kind is _T.END:
+                raise self.error("unclosed parenthesis opened here", token.position)
+            if closing.kind is not _T.RPAREN:
+                raise self.error(
+                    f"expected AND, OR or ')', found {self.describe(closing)}", closing.position
+                )
+            self.advance()
+            return expr
+        if token.kind is _T.FIELD:
+            return self.parse_comparison()
+        previous = self.tokens[self.i - 1] if self.i else None
+        after = (
+            f" after {previous.value}"
+            if previous is not None and previous.kind is _T.KEYWORD
+            else ""
+        )
+        raise self.error(
+            f"expected a comparison such as metrics.rmse < 1{after}, found {self.describe(token)}",
+            token.position,
+        )
+
+    def parse_comparison(self) -> Comparison:
+        field_token = self.advance()
+        target = self.resolve_field(field_token)
+        token = self.peek()
+        values: tuple[Value, ...] = ()
+        if token.kind is _T.OP:
+            self.advance()
+            op = Op(token.value)
+            values = (self.parse_value(token),)
+        elif self.at_keyword("LIKE", "ILIKE", "IN", "NOT"):
+            negated = self.at_keyword("NOT")
+            if negated:
+                self.advance()
+                if not self.at_keyword("LIKE", "ILIKE", "IN"):
+                    raise self.error(
+                        f"expected LIKE, ILIKE or IN after NOT, found {self.describe(self.peek())}",
+                        self.peek().position,
+                    )
+            word = self.advance()
+            op = Op(f"NOT {word.value}" if negated else word.value)
+            values = self.parse_list(word) if op in _LIST_OPS else (self.parse_value(word),)
+        elif self.at_keyword("IS"):
+            self.advance()
+            op = Op.IS_NULL
+            if self.at_keyword("NOT"):
+                self.advance()
+                op = Op.IS_NOT_NULL
+            if not self.at_keyword("NULL"):
+                raise self.error(
+                    f"expected NULL or NOT NULL after IS, found {self.describe(self.peek())}",
+                    self.peek().position,
+                )
+            self.advance()
+        else:
+            raise self.error(
+                f"expected a comparison operator {_OPERATORS_HELP} after {field_token.text!r}, "
+                f"found {self.describe(token)}",
+                token.position,
+            )
+        return _check(self, Comparison(target, op, values), token.position)
+
+    def parse_value(self, after: _Token) -> Value:
+        token = self.advance()
+        if token.kind is _T.STRING:
+            return String(token.value, token.position)
+        if token.kind is _T.NUMBER:
+            return _number(token.value, token.position)
+        if token.kind is _T.KEYWORD and token.value == "NULL":
+            raise self.error(
+                "use IS NULL or IS NOT NULL to test whether a run has a value", token.position
+            )
+        raise self.error(
+            f"expected a value (a number or a quoted string) after {after.text.upper()!r}, "
+            f"found {self.describe(token)}",
+            token.position,
+        )
+
+    def parse_list(self, after: _Token) -> tuple[Value, ...]:
+        opening = self.peek()
+        if opening.kind is not _T.LPAREN:
+            raise self.error(
+                f"expected '(' after {after.value}, as in IN ('a', 'b') or IN (1, 2)",
+                opening.position,
+            )
+        self.advance()
+        if self.peek().kind is _T.RPAREN:
+            raise self.error("an IN list needs at least one value", self.peek().position)
+        values = [self.parse_value(opening)]
+        while True:
+            token = self.peek()
+            if token.kind is _T.RPAREN:
+                self.advance()
+                return tuple(values)
+            if token.kind is _T.END:
+                raise self.error("unclosed parenthesis opened here", opening.position)
+            if token.kind is not _T.COMMA:
+                raise self.error(
+                    f"expected ',' or ')' in the IN list, found {self.describe(token)}",
+                    token.position,
+                )
+            values.append(self.parse_value(self.advance()))
+
+    def resolve_field(self, token: _Token) -> Field:
+        if token.prefix is None:
+            name = _attribute_name(token.value)
+            if name is None:
+                raise self.error(
+                    f"unknown field {token.value!r}; use metrics.<key>, params.<key>, tags.<key> "
+                    f"or an attribute ({', '.join(sorted(ATTRIBUTES))})"
+                    + _suggest(token.value, list(ATTRIBUTES)),
+                    token.position,
+                )
+            return Field(Kind.ATTRIBUTE, name, token.position)
+        kind = _PREFIXES.get(token.prefix.lower())
+        if kind is None:
+            raise self.error(
+                f"unknown field prefix {token.prefix!r}; use metrics., params., tags. or "
+                "attributes." + _suggest(token.prefix.lower(), list(_PREFIXES)),
+                token.position,
+            )
+        if not token.value:
+            raise self.error(
+                f"expected a key after {token.prefix}., as in {kind.value}.my_key "
+                f"or {kind.value}.`my key`",
+                token.key_position,
+            )
+        if kind is not Kind.ATTRIBUTE:
+            return Field(kind, token.value, token.position)
+        name = _attribute_name(token.value)
+        if name is None:
+            raise self.error(
+                f"unknown attribute {token.value!r}; known: {', '.join(sorted(ATTRIBUTES))}"
+                + _suggest(token.value, list(ATTRIBUTES)),
+                token.key_position,
+            )
+        return Field(Kind.ATTRIBUTE, name, token.position)
+
+    # order_by
+
+    def parse_order_by(self) -> list[OrderKey]:
+        keys = []
+        while True:
+            token = self.peek()
+            if token.kind is not _T.FIELD:
+                raise self.error(
+                    f"expected a field to order by, such as metrics.rmse or start_time, "
+                    f"found {self.describe(token)}",
+                    token.position,
+                )
+            self.advance()
+            target = self.resolve_field(token)
+            descending = False
+            if self.at_keyword("ASC", "DESC"):
+                descending = self.advance().value == "DESC"
+            keys.append(OrderKey(target, descending))
+            after = self.peek()
+            if after.kind is _T.END:
+                return keys
+            if after.kind is not _T.COMMA:
+                raise self.error(
+                    f"expected ASC, DESC, ',' or the end of the clause after {token.text!r}, "
+                    f"found {self.describe(after)}",
+                    after.position,
+                )
+            self.advance()
+
+
+def _flatten(kind: type[And] | type[Or], operands: list[Expr]) -> tuple[Expr, ...]:
+    """``(a OR b) OR c`` is ``Or((a, b, c))``: nested operands of the same kind are merged."""
+    flat: list[Expr] = []
+    for operand in operands:
+        flat.extend(operand.operands if isinstance(operand, kind) else (operand,))
+    return tuple(flat)
+
+
+def _attribute_name(word: str) -> str | None:
+    name = word.lower().replace(" ", "_")
+    name = _ATTRIBUTE_ALIASES.get(name, name)
+    return name if name in ATTRIBUTES else None
+
+
+def _suggest(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _number(text: str, position: int) -> Number:
+    special = text.lstrip("+-").lower()
+    if special in _SPECIAL_NUMBERS:
+        value = _SPECIAL_NUMBERS[special]
+        negative = text.startswith("-")
+        return Number(
+            -value if negative else value, f"-{special}" if negative else special, position
+        )
+    return Number(float(text), text, position)
+
+
+# --- type checks and normalisation ----------------------------------------------------------
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DURATION_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _check(parser: _Parser, comparison: Comparison, op_position: int) -> Comparison:
+    """Reject a comparison whose values do not suit its field; normalise attribute values."""
+    target, op, values = comparison.field, comparison.op, comparison.values
+    name = str(target)
+    if op in _NULL_OPS:
+        return comparison
+    numbers = [v for v in values if isinstance(v, Number)]
+    strings = [v for v in values if isinstance(v, String)]
+    if numbers and strings:
+        raise parser.error(
+            "an IN list mixes numbers and strings; use all quoted strings (compared as text) "
+            "or all numbers (compared numerically)",
+            next(v for v in values if type(v) is not type(values[0])).position,
+        )
+    if op in _PATTERN_OPS:
+        for value in values:
+            if not isinstance(value, String):
+                raise parser.error(
+                    f"{op.value} needs a quoted pattern such as '%tree%', not {value.text}",
+                    value.position,
+                )
+            if re.search(r"(?<!\\)(?:\\\\)*\\$", value.value):
+                raise parser.error(
+                    f"a {op.value} pattern cannot end with a lone backslash, its escape "
+                    "character; escape the backslash itself to match one",
+                    value.position,
+                )
+    if target.kind is Kind.METRIC:
+        if op in _PATTERN_OPS:
+            raise parser.error(
+                f"metrics are numeric, so {op.value} does not apply to {name}; "
+                "use =, !=, <, <=, >, >= or IN",
+                op_position,
+            )
+        if strings:
+            raise parser.error(
+                f"metrics are numeric; compare {name} with a number, not "
+                f"{_quote(strings[0].value)}",
+                strings[0].position,
+            )
+        return comparison
+    if target.kind in (Kind.PARAM, Kind.TAG):
+        for number in numbers:
+            if not math.isfinite(number.value):
+                raise parser.error(
+                    f"{target.kind.value} compare numerically only with finite numbers, "
+                    f"not {number.text}",
+                    number.position,
+                )
+        return comparison
+    return _check_attribute(parser, comparison, op_position)
+
+
+def _check_attribute(parser: _Parser, comparison: Comparison, op_position: int) -> Comparison:
+    target, op, values = comparison.field, comparison.op, comparison.values
+    kind = ATTRIBUTES[target.key]
+    if kind is AttributeType.TEXT:
+        for value in values:
+            if isinstance(value, Number):
+                raise parser.error(
+                    f"{target.key} is text; compare it with a quoted string, not {value.text}",
+                    value.position,
+                )
+        if target.key in ("status", "lifecycle_stage"):
+            # stored as RUNNING, FINISHED ... and active, deleted: match any spelling
+            fold = str.upper if target.key == "status" else str.lower
+            values = tuple(
+                String(fold(v.value), v.position) for v in values if isinstance(v, String)
+            )
+        return Comparison(target, op, values)
+    if op in _PATTERN_OPS:
+        raise parser.error(
+            f"{op.value} compares text and {target.key} is {_describe_type(kind)}; "
+            "use =, !=, <, <=, >, >= or IN",
+            op_position,
+        )
+    converted = []
+    for value in values:
+        if isinstance(value, Number):
+            if not math.isfinite(value.value):
+                raise parser.error(
+                    f"{target.key} takes a finite number, not {value.text}", value.position
+                )
+            converted.append(value)
+            continue
+        converted.append(_convert_attribute_string(parser, target.key, kind, value))
+    return Comparison(target, op, tuple(converted))
+
+
+def _convert_attribute_string(
+    parser: _Parser, name: str, kind: AttributeType, value: String
+) -> Number:
+    text = value.value.strip()
+    if kind is AttributeType.TIME:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise parser.error(
+                f"{name} takes milliseconds since the epoch or an ISO date such as "
+                f"'2026-11-01' or '2026-11-01T12:00:00Z', not {_quote(value.value)}",
+                value.position,
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        millis = (moment - _EPOCH) // timedelta(milliseconds=1)
+        return Number(float(millis), str(millis), value.position)
+    if kind is AttributeType.DURATION:
+        parts = _DURATION_PART.findall(text)
+        if not parts or _DURATION_PART.sub("", text).strip():
+            raise parser.error(
+                "duration takes milliseconds or a string with a unit such as '250ms', '90s', "
+                f"'5m', '2h', '1d' or '1h30m', not {_quote(value.value)}",
+                value.position,
+            )
+        millis_f = sum(float(amount) * _DURATION_MS[unit.lower()] for amount, unit in parts)
+        return Number(millis_f, _plain(millis_f), value.position)
+    try:
+        number = int(text)
+    except ValueError:
+        raise parser.error(
+            f"{name} is an integer; compare it with a number such as 1, not {_quote(value.value)}",
+            value.position,
+        ) from None
+    return Number(float(number), str(number), value.position)
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _describe_type(kind: AttributeType) -> str:
+    return {
+        AttributeType.TIME: "a time",
+        AttributeType.DURATION: "a duration",
+        AttributeType.INTEGER: "an integer",
+        AttributeType.TEXT: "text",
+    }[kind]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
