@@ -39,7 +39,16 @@ def make_engine(url: str, *, busy_timeout: float = 60.0) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # psycopg prepares a statement after 5 runs, and PostgreSQL may then switch to a generic
+        # plan that cannot see the values: a search paged with the same SQL went from 2 ms to
+        # 220 ms at 100k runs. Custom plans cost about 0.5 ms of planning per query.
+        return create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+        )
 
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):

@@ -21,12 +21,16 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum, StrEnum
 
 from keel.errors import InvalidQuery
+from keel.tracking.search_lexer import SPECIAL_NUMBERS as _SPECIAL_NUMBERS
+from keel.tracking.search_lexer import Token as _Token
+from keel.tracking.search_lexer import TokenKind as _T
+from keel.tracking.search_lexer import tokenize as _tokenize
 
 __all__ = [
     "ATTRIBUTES",
@@ -223,136 +227,6 @@ def parse_order_by(clauses: Sequence[str] | None) -> tuple[OrderKey, ...]:
         if clause.strip():
             keys.extend(_Parser(clause).parse_order_by())
     return tuple(keys)
-
-
-# --- tokenizer ------------------------------------------------------------------------------
-
-
-class _T(Enum):
-    FIELD = "field"
-    STRING = "string"
-    NUMBER = "number"
-    OP = "operator"
-    LPAREN = "("
-    RPAREN = ")"
-    COMMA = ","
-    KEYWORD = "keyword"
-    END = "end"
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: _T
-    text: str  # the source text as written
-    position: int
-    value: str = ""  # STRING: the unquoted string; KEYWORD: upper case; FIELD: the key
-    prefix: str | None = None  # FIELD: the prefix as written, None for a bare name
-    key_position: int = 0  # FIELD: where the key starts
-
-
-_KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "ILIKE", "ASC", "DESC"})
-_SPECIAL_NUMBERS = {"nan": math.nan, "inf": math.inf, "infinity": math.inf}
-_IDENT = re.compile(r"[^\W\d][\w\-/.:]*")
-_IDENT_CHAR = re.compile(r"[\w\-/.:]")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_OPERATORS = ("<=", ">=", "!=", "<>", "==", "<", ">", "=")
-
-
-def _tokenize(text: str) -> Iterator[_Token]:
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace():
-            i += 1
-        elif c in "(),":
-            kind = {"(": _T.LPAREN, ")": _T.RPAREN, ",": _T.COMMA}[c]
-            yield _Token(kind, c, i)
-            i += 1
-        elif c in "'\"":
-            value, end = _read_quoted(text, i)
-            yield _Token(_T.STRING, text[i:end], i, value)
-            i = end
-        elif c == "`":
-            raise InvalidQuery(
-                "backticks quote a key right after its prefix, as in metrics.`my metric`; "
-                "quote string values with ' or \"",
-                query=text,
-                position=i,
-            )
-        elif op := next((o for o in _OPERATORS if text.startswith(o, i)), None):
-            if op == "==":
-                raise InvalidQuery("use = to test equality, not ==", query=text, position=i)
-            yield _Token(_T.OP, op, i, "!=" if op == "<>" else op)
-            i += len(op)
-        elif c.isdigit() or c == "." or (c in "+-" and i + 1 < n and text[i + 1] in "0123456789."):
-            match = _NUMBER.match(text, i)
-            end = match.end() if match else i + 1
-            if match is None or (end < n and _IDENT_CHAR.match(text, end)):
-                while end < n and _IDENT_CHAR.match(text, end):
-                    end += 1
-                raise InvalidQuery(
-                    f"invalid number {text[i:end]!r}; write numbers like 3, -0.5 or 1e-3, and "
-                    "quote strings",
-                    query=text,
-                    position=i,
-                )
-            yield _Token(_T.NUMBER, match.group(), i, match.group())
-            i = end
-        elif (
-            c in "+-"
-            and (m := _IDENT.match(text, i + 1))
-            and m.group().lower() in (_SPECIAL_NUMBERS)
-        ):
-            yield _Token(_T.NUMBER, text[i : m.end()], i, text[i : m.end()])
-            i = m.end()
-        elif m := _IDENT.match(text, i):
-            word, i = m.group(), m.end()
-            if word.count(".") == 1 and word.endswith(".") and i < n and text[i] in '`"':
-                # a quoted key: metrics.`my metric` or params."a b"
-                key, i = _read_quoted(text, i)
-                yield _Token(_T.FIELD, text[m.start() : i], m.start(), key, word[:-1], m.end())
-            else:
-                yield _field_or_keyword(word, m.start())
-        else:
-            raise InvalidQuery(f"unexpected character {c!r}", query=text, position=i)
-    yield _Token(_T.END, "", n)
-
-
-def _field_or_keyword(word: str, position: int) -> _Token:
-    if "." not in word:
-        if word.upper() in _KEYWORDS:
-            return _Token(_T.KEYWORD, word, position, word.upper())
-        if word.lower() in _SPECIAL_NUMBERS:
-            return _Token(_T.NUMBER, word, position, word)
-        return _Token(_T.FIELD, word, position, word, None, position)
-    prefix, key = word.split(".", 1)
-    return _Token(_T.FIELD, word, position, key, prefix, position + len(prefix) + 1)
-
-
-def _read_quoted(text: str, start: int) -> tuple[str, int]:
-    """Read a quoted string or key from ``start`` (a quote); returns (value, index after it).
-
-    A doubled quote or a backslash before a quote or a backslash stands for that character;
-    any other backslash is kept, so LIKE patterns can escape ``%`` and ``_`` with it.
-    """
-    quote, out, i, n = text[start], [], start + 1, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n and text[i + 1] in "\\'\"`":
-            out.append(text[i + 1])
-            i += 2
-        elif c == quote and i + 1 < n and text[i + 1] == quote:
-            out.append(quote)
-            i += 2
-        elif c == quote:
-            return "".join(out), i + 1
-        else:
-            out.append(c)
-            i += 1
-    what = "key" if quote == "`" else "string"
-    raise InvalidQuery(
-        f"unterminated {what} starting here; close it with {quote}", query=text, position=start
-    )
 
 
 # --- parser ---------------------------------------------------------------------------------

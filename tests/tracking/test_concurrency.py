@@ -59,7 +59,9 @@ def test_eight_processes_lose_nothing(tmp_path: Path) -> None:
         total = conn.execute(select(func.count()).select_from(schema.metrics)).scalar()
         per_run = dict(
             conn.execute(
-                select(schema.metrics.c.run_id, func.count()).group_by(schema.metrics.c.run_id)
+                select(schema.runs.c.run_id, func.count())
+                .join(schema.metrics, schema.metrics.c.run_key == schema.runs.c.run_key)
+                .group_by(schema.runs.c.run_id)
             ).all()
         )
     assert total == 80_000
@@ -110,8 +112,8 @@ def test_sigkill_mid_logging_leaves_a_readable_store(tmp_path: Path) -> None:
         counts = (
             conn.execute(
                 select(func.count())
-                .select_from(schema.metrics)
-                .where(schema.metrics.c.run_id == run_id)
+                .select_from(schema.metrics.join(schema.runs))
+                .where(schema.runs.c.run_id == run_id)
                 .group_by(schema.metrics.c.key)
             )
             .scalars()
@@ -119,8 +121,7 @@ def test_sigkill_mid_logging_leaves_a_readable_store(tmp_path: Path) -> None:
         )
     assert len(set(counts)) == 1 and len(counts) == 50
     # and the store takes new writes
-    with client.engine.connect():
-        experiment_id = client.get_or_create_experiment("after").experiment_id
+    experiment_id = client.get_or_create_experiment("after").experiment_id
     new = client.create_run(experiment_id)
     client.log_metric(new.run_id, "ok", 1.0)
     client.end_run(new.run_id)
