@@ -17,8 +17,8 @@ venv:  ## a fresh virtualenv with the dev dependencies (rebuilt every time)
 	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
 
 lint:
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check keel tests examples benchmarks
+	$(BIN)/ruff format --check keel tests examples benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
