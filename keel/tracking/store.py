@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from keel.db import schema, write_options
@@ -84,7 +83,17 @@ class TrackingStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # the dialect's own INSERT (for ON CONFLICT), imported only for the engine in use: the
+        # PostgreSQL dialect alone pulls in asyncio and costs 60 ms of start-up on SQLite
+        self._insert: Any
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            self._insert = postgresql.insert
+        else:
+            from sqlalchemy.dialects import sqlite
+
+            self._insert = sqlite.insert
         placeholder = "%s" if engine.dialect.paramstyle in ("format", "pyformat") else "?"
         columns = "run_key, key, value, is_nan, step, timestamp"
         self._metrics_sql = (
