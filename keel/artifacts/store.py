@@ -226,6 +226,14 @@ class ArtifactStore:
 
     # -- naming -------------------------------------------------------------------------------
 
+    def _locate(self, digest: str) -> tuple[str, int]:
+        """The object's path and stored size, or NotFound."""
+        path = self._object_path(digest)
+        size = self._stored_size(path)
+        if size is None:
+            raise self._missing(digest, path)
+        return path, size
+
     def _object_path(self, digest: str) -> str:
         digest = _check_digest(digest)
         return self._backend.join("objects", digest[:2], digest[2:])
@@ -431,11 +439,7 @@ class ArtifactStore:
             InvalidInput: ``digest`` is not 64 lowercase hex characters.
             NotFound: no such object.
         """
-        path = self._object_path(digest)
-        size = self._stored_size(path)
-        if size is None:
-            raise self._missing(digest, path)
-        return size
+        return self._locate(digest)[1]
 
     def read_bytes(self, digest: str) -> bytes:
         """An object's whole content, checked against its digest.
@@ -485,10 +489,7 @@ class ArtifactStore:
             InvalidInput: ``digest`` is not 64 lowercase hex characters.
             NotFound: no such object.
         """
-        path = self._object_path(digest)
-        size = self._stored_size(path)
-        if size is None:
-            raise self._missing(digest, path)
+        path, size = self._locate(digest)
         try:
             raw = self._backend.open_read(path)
         except FileNotFoundError:

@@ -275,14 +275,19 @@ _order_option = click.option(
 _experiment_option = click.option(
     "--experiment", "-e", multiple=True, help="Limit to this experiment (name or id); repeatable."
 )
-_limit_option = click.option(
-    "--limit",
-    "-n",
-    default=100,
-    show_default=True,
-    type=click.IntRange(1, 1_000_000),
-    help="At most this many runs.",
-)
+
+
+def _limit_option(default: int) -> Any:
+    return click.option(
+        "--limit",
+        "-n",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, 10_000_000),
+        help="At most this many runs.",
+    )
+
+
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 _deleted_option = click.option("--deleted", is_flag=True, help="Search deleted runs instead.")
 
@@ -307,7 +312,7 @@ def _search(
 @runs.command("list")
 @_experiment_option
 @_order_option
-@_limit_option
+@_limit_option(100)
 @_deleted_option
 @_json_option
 def runs_list(
@@ -334,7 +339,7 @@ def runs_list(
 @click.argument("filter_string", metavar="FILTER")
 @_experiment_option
 @_order_option
-@_limit_option
+@_limit_option(100)
 @_deleted_option
 @_json_option
 def runs_search(
@@ -468,14 +473,7 @@ def runs_compare(run_ids: tuple[str, ...], all_keys: bool, as_json: bool) -> Non
 @click.option("--filter", "filter_string", default="", help="Only runs matching this filter.")
 @_experiment_option
 @_order_option
-@click.option(
-    "--limit",
-    "-n",
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(1, 10_000_000),
-    help="At most this many runs.",
-)
+@_limit_option(100_000)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),

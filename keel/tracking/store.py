@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
@@ -101,20 +101,29 @@ class TrackingStore:
         )
         self._run_key_cache: dict[str, int] = {}
         lm = schema.latest_metrics
-        upsert = self._insert(lm)
-        newer = or_(
-            upsert.excluded.step > lm.c.step,
-            and_(upsert.excluded.step == lm.c.step, upsert.excluded.timestamp >= lm.c.timestamp),
+        self._latest_upsert = self._upsert(
+            lm,
+            key=("run_id", "key"),
+            newer=lambda new: or_(
+                new.step > lm.c.step,
+                and_(new.step == lm.c.step, new.timestamp >= lm.c.timestamp),
+            ),
         )
-        self._latest_upsert = upsert.on_conflict_do_update(
-            index_elements=["run_id", "key"],
-            set_={
-                "value": upsert.excluded.value,
-                "is_nan": upsert.excluded.is_nan,
-                "step": upsert.excluded.step,
-                "timestamp": upsert.excluded.timestamp,
-            },
-            where=newer,
+
+    def _upsert(
+        self,
+        table: Any,
+        *,
+        key: tuple[str, ...],
+        newer: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """INSERT ... ON CONFLICT (key) DO UPDATE every other column [WHERE newer(excluded)]."""
+        statement = self._insert(table)
+        new = statement.excluded
+        return statement.on_conflict_do_update(
+            index_elements=list(key),
+            set_={c.name: new[c.name] for c in table.c if c.name not in key},
+            where=newer(new) if newer is not None else None,
         )
 
     # -- transactions ---------------------------------------------------------------------
@@ -481,10 +490,7 @@ class TrackingStore:
         ]
         if not rows:
             return
-        statement = self._insert(schema.tags)
-        statement = statement.on_conflict_do_update(
-            index_elements=["run_id", "key"], set_={"value": statement.excluded.value}
-        )
+        statement = self._upsert(schema.tags, key=("run_id", "key"))
         with self._write() as conn, conn.begin():
             self._require_run(conn, run_id)
             conn.execute(statement, rows)
@@ -594,16 +600,7 @@ class TrackingStore:
 
     # -- artifacts ------------------------------------------------------------------------
     def record_artifact(self, run_id: str, entry: ArtifactEntry) -> None:
-        statement = self._insert(schema.artifacts)
-        statement = statement.on_conflict_do_update(
-            index_elements=["run_id", "path"],
-            set_={
-                "digest": statement.excluded.digest,
-                "size": statement.excluded.size,
-                "kind": statement.excluded.kind,
-                "created_at": statement.excluded.created_at,
-            },
-        )
+        statement = self._upsert(schema.artifacts, key=("run_id", "path"))
         with self._write() as conn, conn.begin():
             self._require_run(conn, run_id)
             conn.execute(
