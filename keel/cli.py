@@ -130,3 +130,18 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        if "sqlalchemy" not in sys.modules:
+            raise
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        reason = getattr(exc, "orig", None) or exc
+        click.secho(
+            f"Error: the database refused the request: {reason}. The store may be damaged or "
+            "written by another Keel version; `keel config` shows which database is in use.",
+            fg="red",
+            err=True,
+        )
+        sys.exit(1)

@@ -34,7 +34,7 @@ from keel.tracking.models import (
     RunStatus,
 )
 from keel.tracking.source import capture_source, current_user
-from keel.tracking.store import PointTuple, TrackingStore, check_key, now_ms
+from keel.tracking.store import MetricCurve, PointTuple, TrackingStore, check_key, now_ms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -303,6 +303,11 @@ class Client:
         """Every (step, timestamp, value) logged for ``key``, in step order."""
         self._buffer.flush()
         return self.store.metric_history(run_id, key)
+
+    def metric_curves(self, run_id: str, *, buckets: int = 40) -> dict[str, MetricCurve]:
+        """Each metric's point count, range and bucketed means (for sparklines)."""
+        self._buffer.flush()
+        return self.store.metric_curves(run_id, buckets=buckets)
 
     # -- search ---------------------------------------------------------------------------
     def search_runs(

@@ -68,6 +68,19 @@ def _number(value: float) -> str:
     return f"{value:.6g}"
 
 
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def _sparkline(values: Sequence[float]) -> str:
+    """Values as a row of block characters, lowest to highest (non-finite values as gaps)."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    scale = (len(_BARS) - 1) / (high - low) if high > low else 0
+    return "".join(_BARS[round((v - low) * scale)] if v in finite else " " for v in values)
+
+
 def _run_dict(run: Run) -> dict[str, Any]:
     data = run.model_dump(mode="json")
     data["duration_ms"] = run.duration
@@ -391,11 +404,31 @@ def runs_show(run: str, as_json: bool) -> None:
         f"experiment {found.experiment_id} · user {found.user} · host {found.host} · "
         f"started {_when(found.start_time)} · duration {_duration(found) or 'running'}"
     )
-    for title, values in (
-        ("params", found.params),
-        ("metrics", found.metrics),
-        ("tags", found.tags),
-    ):
+    curves = client.metric_curves(found.run_id)
+    if found.metrics:
+        table = Table(
+            "metric",
+            "latest",
+            "min",
+            "max",
+            "points",
+            "curve",
+            title="metrics",
+            title_justify="left",
+            box=None,
+        )
+        for key in sorted(found.metrics):
+            curve = curves.get(key)
+            table.add_row(
+                key,
+                _number(found.metrics[key]),
+                _number(curve.low) if curve and curve.low is not None else "",
+                _number(curve.high) if curve and curve.high is not None else "",
+                f"{curve.count:,}" if curve else "",
+                f"[cyan]{_sparkline(curve.means)}[/]" if curve and curve.count > 1 else "",
+            )
+        console.print(table)
+    for title, values in (("params", found.params), ("tags", found.tags)):
         if not values:
             continue
         table = Table(title=title, title_justify="left", box=None, show_header=False)

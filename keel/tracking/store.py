@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
@@ -29,7 +30,14 @@ from keel.tracking.models import (
 )
 from keel.tracking.query import build_search
 
-__all__ = ["MetricPoint", "PointTuple", "RunningRun", "TrackingStore", "now_ms"]
+__all__ = [
+    "MetricCurve",
+    "MetricPoint",
+    "PointTuple",
+    "RunningRun",
+    "TrackingStore",
+    "now_ms",
+]
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -54,6 +62,18 @@ class MetricPoint(NamedTuple):
 #: A metric point as the buffer holds it: (run_id, key, value, step, timestamp). MetricPoint is
 #: the named form; hot paths build plain tuples.
 PointTuple = tuple[str, str, float, int, int]
+
+
+@dataclass
+class MetricCurve:
+    """The shape of one metric's history, for a sparkline."""
+
+    count: int
+    low: float | None
+    high: float | None
+    first_step: int
+    last_step: int
+    means: list[float] = field(default_factory=list)
 
 
 class RunningRun(NamedTuple):
@@ -590,6 +610,46 @@ class TrackingStore:
             Metric.model_construct(key=k, value=math.nan if nan else v, step=step, timestamp=ts)
             for k, v, nan, step, ts in rows
         ]
+
+    def metric_curves(self, run_id: str, *, buckets: int = 40) -> dict[str, MetricCurve]:
+        """Per metric key: point count, min, max and the mean of each of ``buckets`` step ranges.
+
+        Computed in SQL (two grouped queries), so a key with a million points costs no more
+        than its index scan.
+        """
+        m, r = schema.metrics, schema.runs
+        run_key = select(r.c.run_key).where(r.c.run_id == run_id).scalar_subquery()
+        summary = (
+            select(
+                m.c.key,
+                func.count().label("n"),
+                func.min(m.c.value).label("lo"),
+                func.max(m.c.value).label("hi"),
+                func.min(m.c.step).label("first"),
+                func.max(m.c.step).label("last"),
+            )
+            .where(m.c.run_key == run_key)
+            .group_by(m.c.key)
+            .subquery()
+        )
+        span = summary.c.last - summary.c.first + 1
+        bucket = ((m.c.step - summary.c.first) * buckets // span).label("bucket")
+        means = (
+            select(m.c.key, bucket, func.avg(m.c.value))
+            .join(summary, summary.c.key == m.c.key)
+            .where(m.c.run_key == run_key)
+            .group_by(m.c.key, bucket)
+            .order_by(m.c.key, bucket)
+        )
+        with self._read() as conn:
+            curves = {
+                key: MetricCurve(count=n, low=lo, high=hi, first_step=first, last_step=last)
+                for key, n, lo, hi, first, last in conn.execute(select(summary))
+            }
+            for key, _bucket, mean in conn.execute(means):
+                if mean is not None:
+                    curves[key].means.append(float(mean))
+        return curves
 
     def _require_run_exists(self, conn: Connection, run_id: str) -> None:
         found = conn.execute(

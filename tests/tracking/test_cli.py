@@ -181,3 +181,31 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "No such command" in bad.stderr
+
+
+def test_a_damaged_store_is_one_clear_error(cli: CliRunner, seeded: dict[str, str]) -> None:
+    import sqlite3
+
+    from keel.settings import Settings
+
+    db = sqlite3.connect(Settings().home_path / "keel.db")
+    db.execute("ALTER TABLE runs RENAME TO runs_damaged")
+    db.commit()
+    db.close()
+    result = _run_main(cli, ["runs", "list"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "the database refused the request" in result.output and "runs" in result.output
+
+
+def test_show_draws_metric_curves(cli: CliRunner, home: Path) -> None:
+    with keel.start_run() as run:
+        for step in range(200):
+            keel.log_metric("loss", 1.0 / (step + 1), step=step)
+    result = _run_main(cli, ["runs", "show", run.run_id])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("loss"))
+    assert "200" in line and "█" in line and "▁" in line
+    curve = keel.tracking.fluent.get_client().metric_curves(run.run_id)["loss"]
+    assert curve.count == 200 and len(curve.means) == 40
+    assert curve.means == sorted(curve.means, reverse=True)  # a falling loss falls

@@ -172,3 +172,17 @@ def test_search_pages_with_tokens(client: Client) -> None:
         client.search_runs("metrics.score > 1", max_results=3, page_token=first.next_page_token)
     with pytest.raises(InvalidInput, match="not one Keel issued"):
         client.search_runs("", page_token="garbage!")
+
+
+def test_metric_curves_bucket_the_history_in_sql(client: Client) -> None:
+    run = make_run(client)
+    for step in range(100):
+        client.log_metric(run.run_id, "acc", float(step), step=step)
+    client.log_metric(run.run_id, "flat", 2.0)
+    client.log_metric(run.run_id, "nan", math.nan)
+    curves = client.metric_curves(run.run_id, buckets=10)
+    acc = curves["acc"]
+    assert (acc.count, acc.low, acc.high, acc.first_step, acc.last_step) == (100, 0.0, 99.0, 0, 99)
+    assert acc.means == [4.5 + 10 * i for i in range(10)]
+    assert curves["flat"].count == 1 and curves["flat"].means == [2.0]
+    assert curves["nan"].count == 1 and curves["nan"].means == []
