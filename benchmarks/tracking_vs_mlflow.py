@@ -261,6 +261,26 @@ def bench_log_batch(
     return {"points": n, "per_call": per_call, **out}
 
 
+def bench_series(
+    tools: list[str], sizes: Sizes, *, keel_args: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One metric's steps: MLflow ``log_batch`` of ``batch_size`` steps, Keel ``log_metric``.
+
+    MLflow's batch rate depends on the shape: one key per batch updates one latest-value row,
+    1,000 keys update 1,000. This is MLflow's fastest shape, against Keel's per-call API (Keel's
+    batch call takes one step).
+    """
+    n, per_call = sizes.batch_points, sizes.batch_size
+    argv = ["--n", str(n), "--per-call", str(per_call)]
+    out = repeated(
+        tools,
+        sizes.repeats,
+        lambda tool: run_side(tool, "series", _argv(tool, argv, keel_args)),
+    )
+    _summarize(out)
+    return {"points": n, "per_call": per_call, **out}
+
+
 def make_runs(n: int, seed: int = SEED) -> list[dict[str, dict[str, Any]]]:
     """The runs both tools seed: 5 params (``model`` in tree/linear/forest), rmse, mae and r2."""
     rng = random.Random(seed)
@@ -463,6 +483,13 @@ def _time_command(argv: list[str], tool: str, workdir: Path) -> float:
 # --- profile -------------------------------------------------------------------------------
 
 
+RATE_BENCHMARKS = {
+    "log_metric": bench_log_metric,
+    "log_batch": bench_log_batch,
+    "series": bench_series,
+}
+
+
 def profile_keel(names: list[str], sizes: Sizes, *, reseed: bool) -> None:
     """Run Keel's side of each benchmark once under cProfile (every thread); print the top."""
     import pstats
@@ -472,12 +499,9 @@ def profile_keel(names: list[str], sizes: Sizes, *, reseed: bool) -> None:
     for name in names:
         path = CACHE / f"profile-keel-{name}.prof"
         keel_args = ("--profile", str(path))
-        if name == "log_metric":
-            result = bench_log_metric(["keel"], once, keel_args=keel_args)["keel"]
-            summary = f"{result.get('median_per_s', 0):,.0f} calls/s"
-        elif name == "log_batch":
-            result = bench_log_batch(["keel"], once, keel_args=keel_args)["keel"]
-            summary = f"{result.get('median_per_s', 0):,.0f} metrics/s"
+        if name in RATE_BENCHMARKS:
+            result = RATE_BENCHMARKS[name](["keel"], once, keel_args=keel_args)["keel"]
+            summary = f"{result.get('median_per_s', 0):,.0f} points/s"
         elif name in ("search", "search_full"):
             n_runs = sizes.search_runs if name == "search" else sizes.search_runs_full
             result = bench_search(
@@ -563,8 +587,15 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(_ratio_row(name, r, **rate, goal=100))
     if "log_batch" in results:
         r = results["log_batch"]
-        name = f"{r['points']:,} metrics in batches of {r['per_call']:,} (metrics/s)"
+        name = f"{r['points']:,} metrics in batches of {r['per_call']:,} keys × 1 step (metrics/s)"
         rows.append(_ratio_row(name, r, **rate, goal=20))
+    if "series" in results:
+        r = results["series"]
+        name = (
+            f"{r['points']:,} steps of one metric: MLflow `log_batch` of {r['per_call']:,} "
+            "steps, Keel `log_metric` (points/s)"
+        )
+        rows.append(_ratio_row(name, r, **rate, goal=None))
     if "search" in results:
         r = results["search"]
         for stat, goal in (("p50", 10), ("p95", None)):
@@ -658,10 +689,14 @@ def versions() -> dict[str, Any]:
         keel_version = "not installed"
     commit = _git("rev-parse", "--short", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--", "keel"))
+    sources = hashlib.sha256()
+    for path in sorted(REPO.glob("keel/**/*.py")):
+        sources.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
     return {
         "mlflow": _mlflow_version(),
         "keel": keel_version,
         "keel_commit": f"{commit}{' (keel/ has uncommitted changes)' if dirty else ''}",
+        "keel_sources_sha256": sources.hexdigest()[:12],
     }
 
 
@@ -680,7 +715,7 @@ def machine_line(info: dict[str, Any], load: dict[str, list[float]]) -> str:
 
 # --- main ----------------------------------------------------------------------------------
 
-BENCHMARKS = ("log_metric", "log_batch", "search", "search_full", "startup")
+BENCHMARKS = ("log_metric", "log_batch", "series", "search", "search_full", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,13 +750,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = dt.datetime.now(dt.UTC)
     load_start = list(os.getloadavg())
+    versions_at_start = versions()
     results: dict[str, Any] = {}
     for name in names:
         console.rule(f"[bold]{name}")
-        if name == "log_metric":
-            results[name] = bench_log_metric(tools, sizes)
-        elif name == "log_batch":
-            results[name] = bench_log_batch(tools, sizes)
+        if name in RATE_BENCHMARKS:
+            results[name] = RATE_BENCHMARKS[name](tools, sizes)
         elif name == "search":
             results[name] = bench_search(tools, sizes, n_runs=sizes.search_runs, reseed=args.reseed)
         elif name == "search_full":
@@ -731,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "startup":
             results[name] = bench_startup(tools, sizes)
     load = {"start": load_start, "end": list(os.getloadavg())}
+    if versions() != versions_at_start:
+        console.print("[yellow]keel/ changed while the benchmark ran: figures may mix versions[/]")
+        versions_at_start["changed_during_run"] = versions()
 
     rows = build_rows(results)
     info = machine()
@@ -741,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": dataclasses.asdict(sizes),
         "machine": info,
         "load_average": load,
-        "versions": versions(),
+        "versions": versions_at_start,
         "notes": [
             "Each measurement is a fresh subprocess in a fresh temporary directory (SQLite).",
             "MLflow runs with MLFLOW_DISABLE_TELEMETRY=true (no network here).",
