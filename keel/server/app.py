@@ -1,0 +1,129 @@
+"""``create_app(settings) -> FastAPI``: the one place routers, error handling and health live.
+
+Every :class:`keel.errors.KeelError` becomes a JSON body ``{"error": code, "message": ...,
+**context}`` with the error's status code; a request that fails validation becomes a 400 with
+``"error": "invalid_input"`` and the offending fields, never a 422 or a 500. The app holds one
+:class:`keel.tracking.api.Client` on ``app.state.client``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keel import __version__
+from keel.errors import KeelError
+from keel.settings import Settings
+from keel.tracking.api import Client
+
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the server app over the store ``settings`` name (``Settings()`` by default).
+
+    Example:
+        >>> import uvicorn
+        >>> uvicorn.run(create_app(Settings(home="/srv/keel")), port=5000)
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.client.close()
+
+    app = FastAPI(
+        title="Keel",
+        version=__version__,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.client = Client(settings)  # applies migrations under the migration lock
+    _install_error_handlers(app)
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, str]:
+        """The process is up (no dependency checked)."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/ready", tags=["server"], responses={503: {"description": "database unreachable"}})
+    def ready() -> JSONResponse:
+        """The database answers; load balancers route traffic here only when it does."""
+        try:
+            with app.state.client.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "error": "storage_error", "message": str(exc)},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    for router in _routers():
+        app.include_router(router)
+    return app
+
+
+def _routers() -> list[Any]:
+    """Every capability's routers, in mount order (capabilities add themselves here)."""
+    return []
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KeelError)
+    async def keel_error(_request: Request, exc: KeelError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"location": list(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"location": [], "message": "invalid request"}
+        where = ".".join(str(p) for p in first["location"])
+        return JSONResponse(
+            {
+                "error": "invalid_input",
+                "message": f"{where}: {first['message']}" if where else first["message"],
+                "details": details,
+            },
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthenticated",
+            403: "permission_denied",
+        }
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("keel server: unexpected error")
+        return JSONResponse(
+            {"error": "internal", "message": "an unexpected error occurred; see the server log"},
+            status_code=500,
+        )
