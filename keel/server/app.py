@@ -80,8 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _routers() -> list[Any]:
-    """Every capability's routers, in mount order (capabilities add themselves here)."""
-    return []
+    """Every capability's routers, in mount order."""
+    from keel.tracking.mlflow_compat import router as mlflow_router
+    from keel.tracking.routes import router as tracking_router
+
+    return [tracking_router, mlflow_router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

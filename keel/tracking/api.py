@@ -33,7 +33,8 @@ from keel.tracking.models import (
     RunPage,
     RunStatus,
 )
-from keel.tracking.source import capture_source, current_user
+from keel.tracking.source import capture_source as capture_source_info
+from keel.tracking.source import current_user
 from keel.tracking.store import MetricCurve, PointTuple, TrackingStore, check_key, now_ms
 
 if TYPE_CHECKING:
@@ -170,27 +171,40 @@ class Client:
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
+        user: str | None = None,
+        host: str | None = None,
+        start_time: int | None = None,
+        capture_source: bool | None = None,
     ) -> Run:
-        """Start a RUNNING run; records its source (git, entry point, packages) by default."""
+        """Start a RUNNING run; records its source (git, entry point, packages) by default.
+
+        A server creating a run for a remote caller passes ``user``, ``host`` and
+        ``capture_source=False``: the caller captured its own source, and this process's would
+        be wrong. Such a run has no local process id, so its liveness is judged by heartbeat.
+        """
+        remote = host is not None and host != HOST
+        capture = self.settings.capture_source if capture_source is None else capture_source
+        source = capture_source_info() if capture else None
         all_tags: dict[str, Any] = {}
-        source = capture_source() if self.settings.capture_source else None
         if source is not None:
             all_tags.update(source.tags)
-        all_tags["keel.host"] = HOST
+        all_tags["keel.host"] = host or HOST
         if parent_run_id is not None:
             all_tags["keel.parent_run_id"] = parent_run_id
         all_tags.update(tags or {})
         run = self.store.create_run(
             experiment_id=experiment_id,
             run_name=run_name,
-            user=current_user(),
-            host=HOST,
-            pid=os.getpid(),
+            user=user or current_user(),
+            host=host or HOST,
+            pid=None if remote else os.getpid(),
             tags=all_tags,
             parent_run_id=parent_run_id,
+            start_time=start_time,
         )
-        self._open_runs[run.run_id] = None
-        self._buffer.start_heartbeats()
+        if not remote:
+            self._open_runs[run.run_id] = None
+            self._buffer.start_heartbeats()
         if source is not None:
             self.log_text(run.run_id, source.requirements, "keel/requirements.txt")
             if source.diff:
