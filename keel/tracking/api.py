@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from keel.artifacts import ArtifactStore
+from keel.artifacts import ArtifactStore, BlobReader
 from keel.db import ensure_schema, make_engine
 from keel.errors import InvalidInput, MissingExtra, NotFound
 from keel.settings import Settings
@@ -29,6 +29,7 @@ from keel.tracking.models import (
     Experiment,
     LifecycleStage,
     Metric,
+    MetricBucket,
     Run,
     RunPage,
     RunStatus,
@@ -211,6 +212,47 @@ class Client:
                 self.log_text(run.run_id, source.diff, "keel/source.diff")
         return run
 
+    def create_remote_run(
+        self,
+        experiment_id: int,
+        *,
+        host: str,
+        user: str,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        start_time: int | None = None,
+    ) -> Run:
+        """Start a RUNNING run for a caller in another process (what the server does).
+
+        Unlike :meth:`create_run`, nothing about this process is recorded: no source, no
+        process id, no heartbeats from here, even when ``host`` names this machine. The
+        caller sends heartbeats (:meth:`heartbeat`) and ends the run; a run whose heartbeats
+        stop is marked LOST after ``lost_run_timeout``.
+        """
+        all_tags: dict[str, Any] = {"keel.host": host}
+        if parent_run_id is not None:
+            all_tags["keel.parent_run_id"] = parent_run_id
+        all_tags.update(tags or {})
+        return self.store.create_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            user=user,
+            host=host,
+            pid=None,
+            tags=all_tags,
+            parent_run_id=parent_run_id,
+            start_time=start_time,
+        )
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record that the process behind a run is alive.
+
+        Raises:
+            NotFound: no such run.
+        """
+        self.store.heartbeat_run(run_id)
+
     def end_run(self, run_id: str, *, status: RunStatus | str = RunStatus.FINISHED) -> None:
         """Flush the run's metrics and mark it ended with ``status``."""
         try:
@@ -313,10 +355,65 @@ class Client:
                 points.append((run_id, key, _as_float(key, value), st, ts))
         self._buffer.extend(points)
 
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        metrics: Sequence[Metric | tuple[str, float, int, int]] = (),
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Log many metric points (any keys, any steps), params and tags in one call.
+
+        Metrics are buffered like :meth:`log_metric`; params and tags are written at once.
+        Each metric is a :class:`Metric` or a ``(key, value, step, timestamp)`` tuple.
+
+        Example:
+            >>> client.log_batch(run_id, metrics=[("loss", 0.5, step, ts) for step, ts in ...])
+        """
+        if params:
+            self.store.log_params(run_id, params)
+        if tags:
+            self.store.set_tags(run_id, tags)
+        points: list[PointTuple] = []
+        for item in metrics:
+            if isinstance(item, Metric):
+                key, value, step, ts = item.key, item.value, item.step, item.timestamp
+            else:
+                key, value, step, ts = item
+            if type(key) is not str or not key or len(key) > 250:
+                check_key(key, what="metric")
+            if type(value) is not float:
+                value = _as_float(key, value)
+            points.append((run_id, key, value, int(step), int(ts)))
+        self._buffer.extend(points)
+
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         """Every (step, timestamp, value) logged for ``key``, in step order."""
         self._buffer.flush()
         return self.store.metric_history(run_id, key)
+
+    def write_metric_points(self, points: Sequence[PointTuple]) -> None:
+        """Store ``(run_id, key, value, step, timestamp)`` points now, in one transaction.
+
+        Unlike :meth:`log_metric` nothing is buffered: when this returns the points are stored
+        (a server must not acknowledge what it has not written).
+
+        Raises:
+            NotFound: a point names a run that does not exist.
+        """
+        self.store.log_metric_points(points)
+
+    def metric_buckets(self, run_id: str, key: str, *, buckets: int) -> list[MetricBucket]:
+        """``key``'s history summarised in at most ``buckets`` step ranges (computed in SQL).
+
+        Each bucket has its first and last step, point count, min, max and last value.
+
+        Raises:
+            NotFound: no such run.
+        """
+        self._buffer.flush()
+        return self.store.metric_buckets(run_id, key, buckets=buckets)
 
     def metric_curves(self, run_id: str, *, buckets: int = 40) -> dict[str, MetricCurve]:
         """Each metric's point count, range and bucketed means (for sparklines)."""
@@ -465,6 +562,59 @@ class Client:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False)
         return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+
+    def log_stream(
+        self,
+        run_id: str,
+        stream: Any,
+        artifact_file: str,
+        *,
+        digest: str | None = None,
+        size_hint: int | None = None,
+    ) -> ArtifactEntry:
+        """Store what ``stream.read(n)`` yields as the file ``artifact_file``, in flat memory.
+
+        Args:
+            digest: the BLAKE3 hex digest the content must have; on a mismatch nothing is
+                recorded.
+            size_hint: the expected size, if known.
+
+        Raises:
+            InvalidInput: ``artifact_file`` is empty or has ``..``, or the digest differs.
+            NotFound: no such run.
+        """
+        path = _clean(artifact_file)
+        if not path:
+            raise InvalidInput("artifact_file must name a file, e.g. 'notes/summary.txt'")
+        blob = self.artifacts.put_stream(stream, size_hint=size_hint)
+        if digest is not None and blob.digest != digest:
+            raise InvalidInput(
+                f"the content of {path!r} hashes to {blob.digest}, not the {digest} it was "
+                "sent with (damaged in transit?); nothing was recorded",
+                path=path,
+                expected=digest,
+                actual=blob.digest,
+            )
+        entry = ArtifactEntry(path=path, digest=blob.digest, size=blob.size, kind="file")
+        self.store.record_artifact(run_id, entry)
+        return entry
+
+    def open_artifact(self, run_id: str, path: str) -> BlobReader:
+        """A stream over one artifact file; the read that reaches its end checks its digest.
+
+        The reader's ``digest`` and ``size`` say what it will deliver.
+
+        Raises:
+            NotFound: the run has no artifact file at ``path``.
+            StorageError: (on the last read) the stored bytes do not match their digest.
+        """
+        wanted = _clean(path)
+        entries = (
+            [e for e in self.list_artifacts(run_id, wanted) if e.path == wanted] if wanted else []
+        )
+        if not entries:
+            raise NotFound(f"run {run_id} has no artifact file {path!r}", run_id=run_id, path=path)
+        return self.artifacts.open(entries[0].digest)
 
     def list_artifacts(self, run_id: str, path: str = "") -> list[ArtifactEntry]:
         """Every artifact file of the run under ``path`` (directories expanded)."""

@@ -186,3 +186,22 @@ def test_metric_curves_bucket_the_history_in_sql(client: Client) -> None:
     assert acc.means == [4.5 + 10 * i for i in range(10)]
     assert curves["flat"].count == 1 and curves["flat"].means == [2.0]
     assert curves["nan"].count == 1 and curves["nan"].means == []
+
+
+def test_log_batch_takes_many_steps_params_and_tags(client: Client) -> None:
+    from keel.tracking.models import Metric
+
+    run = make_run(client)
+    client.log_batch(
+        run.run_id,
+        metrics=[("loss", 1.0 / (s + 1), s, 1000 + s) for s in range(500)]
+        + [Metric(key="acc", value=0.9, step=3, timestamp=5)],
+        params={"lr": 0.1},
+        tags={"phase": "train"},
+    )
+    got = client.get_run(run.run_id)
+    assert got.params == {"lr": "0.1"} and got.tags["phase"] == "train"
+    assert got.metrics == {"loss": 1.0 / 500, "acc": 0.9}
+    assert len(client.get_metric_history(run.run_id, "loss")) == 500
+    with pytest.raises(InvalidInput, match="must be a number"):
+        client.log_batch(run.run_id, metrics=[("loss", "x", 0, 0)])  # type: ignore[list-item]
