@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keel.errors import (
     AlreadyExists,
@@ -148,9 +148,20 @@ def client_of(request: Request) -> Client:
 # -- requests ----------------------------------------------------------------------------------
 
 
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+"""MLflow's times and steps are protobuf int64."""
+
+
 class _Message(BaseModel):
     # the client sends fields Keel does not use (model_id, dataset_name ...): ignore them
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text may not contain a NUL character")
+        return value
 
 
 class KeyValue(_Message):
@@ -169,8 +180,8 @@ class MetricMessage(_Message):
 
     key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
     value: float = 0.0
-    timestamp: int | None = None
-    step: int | None = None
+    timestamp: Int64 | None = None
+    step: Int64 | None = None
 
 
 class _RunRef(_Message):
@@ -213,14 +224,14 @@ class SearchExperimentsRequest(_Message):
 class CreateRunRequest(_Message):
     experiment_id: str | None = None
     user_id: str | None = None
-    start_time: int | None = None
+    start_time: Int64 | None = None
     tags: list[KeyValue] = Field(default_factory=list)
     run_name: str | None = None
 
 
 class UpdateRunRequest(_RunRef):
     status: str | None = None
-    end_time: int | None = None
+    end_time: Int64 | None = None
     run_name: str | None = None
 
 

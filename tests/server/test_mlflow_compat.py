@@ -6,6 +6,7 @@ checks through Keel's own Client and CLI that what MLflow logged is an ordinary 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -22,20 +23,13 @@ os.environ["DO_NOT_TRACK"] = "true"
 
 import mlflow
 import uvicorn
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from keel.server import create_app
 from keel.settings import Settings
 from keel.tracking.api import Client
-
-pytestmark = [
-    # mlflow's own modules warn about their deprecated internals and optional extras
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*"),
-    pytest.mark.filterwarnings("ignore::FutureWarning:mlflow.*"),
-    pytest.mark.filterwarnings("ignore::UserWarning:mlflow.*"),
-]
 
 
 @contextmanager
@@ -66,6 +60,10 @@ def mlflow_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID: set first so teardown removes it
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()
@@ -190,3 +188,172 @@ def test_mlflow_fluent_flow_makes_an_ordinary_keel_run(
     listed = json.loads(result.output)
     assert [r["run_id"] for r in listed] == [run_id]
     assert listed[0]["params"]["model"] == "tree" and listed[0]["metrics"]["acc"] == 0.9
+
+
+def test_experiments_create_get_search_rename_delete(sqlite_url: str, keel_client: Client) -> None:
+    client = MlflowClient()
+    alpha = client.create_experiment("alpha", tags={"team": "vision"})
+    beta = client.create_experiment("beta", tags={"team": "nlp"})
+    assert alpha.isdigit() and beta.isdigit()
+    got = client.get_experiment(alpha)
+    assert (got.name, got.tags, got.lifecycle_stage) == ("alpha", {"team": "vision"}, "active")
+    assert client.get_experiment_by_name("beta").experiment_id == beta
+    assert client.get_experiment_by_name("no-such-experiment") is None
+
+    with pytest.raises(MlflowException) as exists:
+        client.create_experiment("alpha")
+    assert error_code(exists) == "RESOURCE_ALREADY_EXISTS"
+    with pytest.raises(MlflowException) as missing:
+        client.get_experiment("999")
+    assert error_code(missing) == "RESOURCE_DOES_NOT_EXIST"
+
+    def names(**kwargs: object) -> list[str]:
+        return [e.name for e in client.search_experiments(**kwargs)]  # type: ignore[arg-type]
+
+    assert names(filter_string="tags.team = 'nlp'") == ["beta"]
+    assert names(filter_string="name LIKE 'al%' and tags.team != 'nlp'") == ["alpha"]
+    assert names(filter_string="name ILIKE 'BET_'") == ["beta"]
+    assert names(order_by=["name DESC"]) == ["beta", "alpha"]
+    first = client.search_experiments(max_results=1, order_by=["name"])
+    assert [e.name for e in first] == ["alpha"] and first.token
+    second = client.search_experiments(max_results=1, order_by=["name"], page_token=first.token)
+    assert [e.name for e in second] == ["beta"] and not second.token
+    with pytest.raises(MlflowException) as bad:
+        client.search_experiments(filter_string="name = 'a' or name = 'b'")
+    assert error_code(bad) == "INVALID_PARAMETER_VALUE"
+
+    client.rename_experiment(alpha, "alpha-2")
+    assert keel_client.get_experiment(int(alpha)).name == "alpha-2"
+    client.delete_experiment(beta)
+    assert client.get_experiment(beta).lifecycle_stage == "deleted"
+    assert names(view_type=ViewType.DELETED_ONLY) == ["beta"]
+    assert sorted(names(view_type=ViewType.ALL)) == ["alpha-2", "beta"]
+    client.restore_experiment(beta)
+    assert keel_client.get_experiment(int(beta)).lifecycle_stage.value == "active"
+
+
+def test_default_experiment_and_nested_runs(sqlite_url: str, keel_client: Client) -> None:
+    with mlflow.start_run() as parent, mlflow.start_run(nested=True) as child:
+        mlflow.log_metric("x", 1.0)
+    parent_id, child_id = parent.info.run_id, child.info.run_id
+
+    default = keel_client.get_experiment_by_name("Default")
+    assert default is not None
+    assert keel_client.get_run(parent_id).experiment_id == default.experiment_id
+    assert keel_client.get_run(child_id).parent_run_id == parent_id
+    client = MlflowClient()
+    assert client.get_experiment("0").name == "Default"
+    assert client.get_run(child_id).data.tags["mlflow.parentRunId"] == parent_id
+    found = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert [r.info.run_id for r in found] == [child_id]
+
+
+def test_search_runs_filters_orders_and_pages(sqlite_url: str) -> None:
+    experiment_id = mlflow.set_experiment("paging").experiment_id
+    for i in range(5):
+        with mlflow.start_run(run_name=f"r{i}"):
+            mlflow.log_metric("score", float(i))
+            mlflow.log_param("parity", i % 2)
+    client = MlflowClient()
+
+    def run_names(*args: object, **kwargs: object) -> list[str]:
+        return [r.info.run_name for r in client.search_runs([experiment_id], *args, **kwargs)]  # type: ignore[arg-type]
+
+    pages, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], order_by=["metrics.score DESC"], max_results=2, page_token=token
+        )
+        pages.append([r.info.run_name for r in page])
+        token = page.token
+        if not token:
+            break
+    assert pages == [["r4", "r3"], ["r2", "r1"], ["r0"]]
+    assert run_names("tags.mlflow.runName = 'r2'") == ["r2"]
+    assert run_names(
+        "attributes.run_name LIKE 'r%' and params.parity = '1'", order_by=["tags.mlflow.runName"]
+    ) == ["r1", "r3"]
+    assert run_names("params.parity = '0' or metrics.score = 1", order_by=["run_name"]) == [
+        "r0",
+        "r1",
+        "r2",
+        "r4",
+    ]
+    frame = mlflow.search_runs([experiment_id], filter_string="metrics.score >= 3")
+    assert sorted(frame["tags.mlflow.runName"]) == ["r3", "r4"]
+    with pytest.raises(MlflowException) as bad:
+        client.search_runs([experiment_id], "metrics.score = 'high'")
+    assert error_code(bad) == "INVALID_PARAMETER_VALUE"
+
+
+def test_tags_delete_restore_status_and_errors(sqlite_url: str, keel_client: Client) -> None:
+    experiment_id = mlflow.set_experiment("lifecycle").experiment_id
+    with mlflow.start_run() as active:
+        mlflow.set_tags({"a": "1", "b": "2"})
+        mlflow.log_param("p", "1")
+    run_id = active.info.run_id
+    client = MlflowClient()
+
+    client.delete_tag(run_id, "a")
+    assert "a" not in client.get_run(run_id).data.tags
+    assert (
+        keel_client.get_run(run_id).tags["b"] == "2" and "a" not in keel_client.get_run(run_id).tags
+    )
+    with pytest.raises(MlflowException) as conflict:
+        client.log_param(run_id, "p", "2")
+    assert error_code(conflict) == "INVALID_PARAMETER_VALUE"
+
+    client.delete_run(run_id)
+    assert client.get_run(run_id).info.lifecycle_stage == "deleted"
+    assert client.search_runs([experiment_id]) == []
+    deleted = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert [r.info.run_id for r in deleted] == [run_id]
+    with pytest.raises(MlflowException) as gone:
+        client.log_metric(run_id, "m", 1.0)
+    assert error_code(gone) == "INVALID_PARAMETER_VALUE"
+    client.restore_run(run_id)
+    client.log_metric(run_id, "m", 1.0)
+    assert keel_client.get_run(run_id).metrics == {"m": 1.0}
+
+    client.set_terminated(run_id, "KILLED")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert keel_client.get_run(run_id).status.value == "KILLED"
+
+    with pytest.raises(MlflowException) as missing:
+        client.get_run("0" * 32)
+    assert error_code(missing) == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(MlflowException) as rename:
+        client.update_run(run_id, name="renamed")
+    assert error_code(rename) == "INVALID_PARAMETER_VALUE" and "rename" in str(rename.value)
+    with pytest.raises(MlflowException) as registry:
+        client.create_registered_model("model")
+    assert error_code(registry) == "ENDPOINT_NOT_FOUND"
+
+
+def test_nan_and_infinity_round_trip(sqlite_url: str, keel_client: Client) -> None:
+    experiment_id = mlflow.set_experiment("special-values").experiment_id
+    with mlflow.start_run() as active:
+        mlflow.log_metrics({"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "zero": 0.0})
+    run_id = active.info.run_id
+    client = MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    assert math.isnan(metrics["nan"]) and metrics["zero"] == 0.0
+    assert (metrics["inf"], metrics["ninf"]) == (math.inf, -math.inf)
+    assert math.isnan(client.get_metric_history(run_id, "nan")[0].value)
+    stored = keel_client.get_run(run_id).metrics
+    assert math.isnan(stored["nan"]) and stored["ninf"] == -math.inf and stored["zero"] == 0.0
+    found = client.search_runs([experiment_id], "metrics.inf > 1e300 and metrics.zero = 0")
+    assert [r.info.run_id for r in found] == [run_id]
+
+
+def test_large_artifact_streams_both_ways(
+    sqlite_url: str, keel_client: Client, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "weights.bin").write_bytes(data)
+    with mlflow.start_run() as active:
+        mlflow.log_artifact(str(tmp_path / "weights.bin"), artifact_path="model/v1")
+    run_id = active.info.run_id
+    assert keel_client.read_artifact(run_id, "model/v1/weights.bin") == data
+    local = MlflowClient().download_artifacts(run_id, "model", str(tmp_path / "out"))
+    assert (Path(local) / "v1" / "weights.bin").read_bytes() == data
