@@ -534,6 +534,10 @@ def _fmt_ms(value: float) -> str:
     return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
 
 
+def _fmt_ratio(value: float) -> str:
+    return f"{value:,.0f}×" if value >= 100 else f"{value:.1f}×"
+
+
 def _fmt_s(value: float) -> str:
     return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.0f} ms"
 
@@ -571,7 +575,7 @@ def _ratio_row(
         benchmark=name,
         mlflow=mlflow_text,
         keel=keel_text,
-        ratio=f"{ratio:,.1f}×" if ratio is not None else "—",
+        ratio=_fmt_ratio(ratio) if ratio is not None else "—",
         goal=f"≥ {goal:g}×" if goal else "—",
         met=(ratio >= goal) if (goal and ratio is not None) else None,
     )
@@ -737,7 +741,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead of comparing, run Keel's side once under cProfile and print the top",
     )
+    parser.add_argument(
+        "--report", type=Path, help="print the tables of a saved results JSON; run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        show(json.loads(args.report.read_text()))
+        return 0
     sizes = QUICK if args.quick else Sizes()
     names = args.only or [n for n in BENCHMARKS if n != "search_full" or args.full]
     tools = [args.tool] if args.tool else list(TOOLS)
@@ -769,14 +779,12 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]keel/ changed while the benchmark ran: figures may mix versions[/]")
         versions_at_start["changed_during_run"] = versions()
 
-    rows = build_rows(results)
-    info = machine()
     report = {
         "date": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).as_posix(), *sys.argv]),
         "quick": args.quick,
         "sizes": dataclasses.asdict(sizes),
-        "machine": info,
+        "machine": machine(),
         "load_average": load,
         "versions": versions_at_start,
         "notes": [
@@ -786,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             "default settings.",
         ],
         "results": results,
-        "table": [dataclasses.asdict(r) for r in rows],
+        "table": [dataclasses.asdict(r) for r in build_rows(results)],
     }
     RESULTS.mkdir(exist_ok=True)
     # Only a complete run takes the plain name; partial runs never overwrite it.
@@ -794,15 +802,23 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "".join(f"-{part}" for part in parts)
     path = RESULTS / f"tracking-{started:%Y-%m-%d}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-
-    print_table(rows)
-    console.print(f"Machine: {machine_line(info, load)}")
-    v = report["versions"]
-    console.print(f"Versions: MLflow {v['mlflow']}, Keel {v['keel']} at {v['keel_commit']}")
-    console.print(f"Wrote {path.relative_to(REPO)}\n")
-    print(markdown_table(rows))
-    print("\nratio: how many times Keel is better (higher throughput or shorter time).")
+    show(report)
+    console.print(f"Wrote {path.relative_to(REPO)}")
     return 0
+
+
+def show(report: dict[str, Any]) -> None:
+    """Print a report's rich table, machine and versions, then its Markdown table."""
+    rows = build_rows(report["results"])
+    print_table(rows)
+    console.print(f"Machine: {machine_line(report['machine'], report['load_average'])}")
+    v = report["versions"]
+    line = f"Versions: MLflow {v['mlflow']}, Keel {v['keel']} at {v['keel_commit']}"
+    if "changed_during_run" in v:
+        line += f" (at the end: {v['changed_during_run']['keel_commit']})"
+    console.print(line + "\n")
+    print(markdown_table(rows))
+    print("\nratio: how many times Keel is better (higher throughput or shorter time).\n")
 
 
 if __name__ == "__main__":
