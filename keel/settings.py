@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["HOME_DIRNAME", "Settings", "find_home"]
+__all__ = ["HOME_DIRNAME", "Settings", "environment_key", "find_home"]
 
 HOME_DIRNAME = ".keel"
 
@@ -31,6 +31,16 @@ def find_home(start: Path | None = None) -> tuple[Path, bool]:
         if candidate.is_dir():
             return candidate, True
     return start / HOME_DIRNAME, False
+
+
+def environment_key() -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What ``Settings()`` would be built from: the working directory and the KEEL_* variables.
+
+    Building Settings costs about a millisecond; callers that resolve a default often (the
+    fluent API) cache by this key instead.
+    """
+    keel_vars = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("KEEL_")))
+    return os.getcwd(), keel_vars
 
 
 class Settings(BaseSettings):

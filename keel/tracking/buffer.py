@@ -72,7 +72,8 @@ class MetricBuffer:
     def _pressure(self, pending: int) -> None:
         if self._thread is None:
             self._start()
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock: once per wake-up, not per point
+            self._wake.set()
         if pending >= MAX_PENDING:
             self.flush()
 

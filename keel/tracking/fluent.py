@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from keel.errors import InvalidInput, KeelError
-from keel.settings import Settings
+from keel.settings import Settings, environment_key
 from keel.tracking.api import DEFAULT_EXPERIMENT, Client, flush_all_clients
 from keel.tracking.models import ArtifactEntry, Experiment, Metric, Run, RunStatus
 
@@ -96,7 +96,8 @@ class ActiveRun:
 _runs: ContextVar[tuple[ActiveRun, ...]] = ContextVar("keel_active_runs", default=())
 _experiment: ContextVar[Experiment | None] = ContextVar("keel_experiment", default=None)
 _client: ContextVar[Client | None] = ContextVar("keel_client", default=None)
-_cache: dict[tuple[str, str], Client] = {}
+_cache: dict[tuple[str, str], Client] = {}  # one client per store
+_by_environment: dict[Any, Client] = {}  # (cwd, KEEL_* variables) -> its store's client
 _cache_lock = threading.Lock()
 _open: dict[str, ActiveRun] = {}  # every unended fluent run, for the exit handler
 _exit_status: list[RunStatus] = []
@@ -113,12 +114,17 @@ def get_client() -> Client:
     client = _client.get()
     if client is not None:
         return client
+    environment = environment_key()
+    client = _by_environment.get(environment)
+    if client is not None:
+        return client
     settings = Settings()
     key = (settings.db_url, settings.artifacts_url)
     with _cache_lock:
         client = _cache.get(key)
         if client is None:
             client = _cache[key] = Client(settings)
+        _by_environment[environment] = client
     return client
 
 
