@@ -11,6 +11,7 @@ Keel run. Endpoints Keel does not implement (the model registry, traces, dataset
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -52,6 +53,8 @@ from keel.tracking.mlflow_compat_wire import (
     error_response,
     experiment_message,
     keel_experiment_id,
+    keep_alive,
+    now_ms,
     run_info_message,
     run_message,
     split_tags,
@@ -147,8 +150,9 @@ def _existing_experiment(client: Client, experiment_id: str) -> int:
 def create_run(body: CreateRunRequest, request: Request, client: ClientDep) -> RunResponse:
     """Start a run as the caller: its user, start time and tags, never the server's source.
 
-    The run's host is the caller's address. MLflow clients send no heartbeats, so a run left
-    RUNNING longer than ``lost_run_timeout`` is shown LOST (FAILED to MLflow) until it ends.
+    The run's host is the caller's address. MLflow clients send no heartbeats: each write to
+    the run counts as one, so a run that writes nothing for ``lost_run_timeout`` is marked LOST
+    (FAILED to MLflow) until its client ends it.
     """
     tags = split_tags(body.tags)
     run_name = body.run_name or tags.get(RUN_NAME_TAG) or None
@@ -159,15 +163,14 @@ def create_run(body: CreateRunRequest, request: Request, client: ClientDep) -> R
     parent = tags.pop(PARENT_TAG, None) or None
     experiment_id = keel_experiment_id(client, body.experiment_id or "0", create=True)
     assert experiment_id is not None
-    run = client.create_run(
+    run = client.create_remote_run(
         experiment_id,
+        host=request.client.host if request.client else "unknown",
+        user=user,
         run_name=run_name,
         tags=tags,
         parent_run_id=parent,
-        user=user,
-        host=request.client.host if request.client else "unknown",
         start_time=body.start_time,
-        capture_source=False,
     )
     return RunResponse(run=run_message(run))
 
@@ -216,24 +219,23 @@ def restore_run(body: RunIdRequest, client: ClientDep) -> Empty:
 
 
 @router.post(f"{PREFIX}/runs/log-metric")
-def log_metric(body: LogMetricRequest, client: ClientDep) -> Empty:
-    """Log one point; it is written before the answer, as MLflow's server does."""
-    run_id = body.id
-    _require_active(client, run_id)
-    client.log_metric(run_id, body.key, body.value, step=body.step, timestamp=body.timestamp)
-    client.flush()
+def log_metric(body: LogMetricRequest, request: Request, client: ClientDep) -> Empty:
+    """Log one point; it is stored before the answer, as MLflow's server does."""
+    _log_points(request, client, body.id, [body])
     return Empty()
 
 
 @router.post(f"{PREFIX}/runs/log-parameter")
-def log_param(body: TagRequest, client: ClientDep) -> Empty:
+def log_param(body: TagRequest, request: Request, client: ClientDep) -> Empty:
     client.log_param(body.id, body.key, body.value)
+    keep_alive(request, body.id)
     return Empty()
 
 
 @router.post(f"{PREFIX}/runs/set-tag")
-def set_tag(body: TagRequest, client: ClientDep) -> Empty:
+def set_tag(body: TagRequest, request: Request, client: ClientDep) -> Empty:
     _set_tags(client, body.id, {body.key: body.value})
+    keep_alive(request, body.id)
     return Empty()
 
 
@@ -244,19 +246,17 @@ def delete_tag(body: TagRequest, client: ClientDep) -> Empty:
 
 
 @router.post(f"{PREFIX}/runs/log-batch")
-def log_batch(body: LogBatchRequest, client: ClientDep) -> Empty:
-    """Params, then tags, then metric points; the metric points are written before the answer."""
+def log_batch(body: LogBatchRequest, request: Request, client: ClientDep) -> Empty:
+    """Params, then tags, then metric points, all stored before the answer."""
     run_id = body.id
-    if body.metrics:
-        _require_active(client, run_id)
     if body.params:
         client.log_params(run_id, split_tags(body.params))
     if body.tags:
         _set_tags(client, run_id, split_tags(body.tags))
     if body.metrics:
-        for m in body.metrics:
-            client.log_metric(run_id, m.key, m.value, step=m.step, timestamp=m.timestamp)
-        client.flush()
+        _log_points(request, client, run_id, body.metrics)
+    else:
+        keep_alive(request, run_id)
     return Empty()
 
 
@@ -323,13 +323,24 @@ _RENAME_UNSUPPORTED = (
 )
 
 
-def _require_active(client: Client, run_id: str) -> None:
+def _log_points(
+    request: Request, client: Client, run_id: str, metrics: Sequence[MetricMessage]
+) -> None:
+    """Store metric points now (nothing buffered: the answer means they are stored)."""
     run = client.get_run(run_id)
     if run.lifecycle_stage is not LifecycleStage.ACTIVE:
         raise InvalidInput(
             f"The run {run_id} must be in the 'active' state. Current state is "
             f"{LifecycleStage(run.lifecycle_stage).value}."
         )
+    now = now_ms()
+    client.write_metric_points(
+        [
+            (run_id, m.key, m.value, m.step or 0, now if m.timestamp is None else m.timestamp)
+            for m in metrics
+        ]
+    )
+    keep_alive(request, run_id)
 
 
 def _set_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:

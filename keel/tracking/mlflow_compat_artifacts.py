@@ -4,28 +4,33 @@ A run's MLflow artifact URI is ``mlflow-artifacts:/<experiment_id>/<run_id>/arti
 client sends every artifact call here with a path ``<experiment_id>/<run_id>/artifacts/<rel>``:
 that is the run's artifact ``<rel>``, stored in Keel's content-addressed store and recorded on
 the run like any artifact Keel logs itself (``keel runs show`` and ``keel.download_artifacts``
-see it). Uploads stream to a temporary file, never into memory; downloads stream from the store
-and are checked against their digest as they go.
+see it). Uploads stream from the socket into the store and downloads from the store to the
+socket, a chunk at a time (memory stays flat whatever the size); a download is checked against
+its digest as it goes.
 """
 
 from __future__ import annotations
 
 import mimetypes
-import posixpath
 import re
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from keel.errors import InvalidInput, NotFound
+from keel.errors import InvalidInput
 from keel.tracking.api import Client
-from keel.tracking.mlflow_compat_wire import Empty, MlflowRoute, client_of, error_response
+from keel.tracking.mlflow_compat_wire import (
+    Empty,
+    MlflowRoute,
+    client_of,
+    error_response,
+    keep_alive,
+)
 
 __all__ = ["PREFIX", "router"]
 
@@ -91,10 +96,7 @@ def list_artifacts(client: ClientDep, path: str = "") -> ListArtifactsResponse:
 def download_artifact(path: str, client: ClientDep) -> Response:
     """One artifact file's bytes, streamed and verified against its digest."""
     run_id, rel = _file_path(path)
-    entry = next((e for e in client.list_artifacts(run_id, rel) if e.path == rel), None)
-    if entry is None:
-        raise NotFound(f"run {run_id} has no artifact file {rel!r}", run_id=run_id, path=rel)
-    reader = client.artifacts.open(entry.digest)
+    reader = client.open_artifact(run_id, rel)
 
     def chunks() -> Iterator[bytes]:
         with reader:  # closed when the body is sent or the caller hangs up
@@ -103,22 +105,56 @@ def download_artifact(path: str, client: ClientDep) -> Response:
     return StreamingResponse(
         chunks(),
         media_type=mimetypes.guess_type(rel)[0] or "application/octet-stream",
-        headers={"Content-Length": str(entry.size)},
+        headers={"Content-Length": str(reader.size)},
     )
 
 
 @router.put(f"{PREFIX}/{{path:path}}")
 async def upload_artifact(path: str, request: Request, client: ClientDep) -> Empty:
-    """Store the request body as the run's artifact ``rel`` (replacing one of the same path)."""
+    """Store the request body as the run's artifact ``rel`` (replacing one of the same path).
+
+    The body streams from the socket into the store chunk by chunk: the store reads in a worker
+    thread, which pulls each chunk from the event loop.
+    """
     run_id, rel = _file_path(path)
-    folder, name = posixpath.split(rel)
-    with tempfile.TemporaryDirectory(prefix="keel-upload-") as tmp:
-        local = Path(tmp) / name
-        with open(local, "wb") as out:
-            async for chunk in request.stream():
-                out.write(chunk)
-        await run_in_threadpool(client.log_artifact, run_id, local, artifact_path=folder or None)
+    size = request.headers.get("content-length")
+    body = _BodyReader(request)
+    await run_in_threadpool(
+        client.log_stream,
+        run_id,
+        body,
+        rel,
+        size_hint=int(size) if size and size.isdigit() else None,
+    )
+    keep_alive(request, run_id)
     return Empty()
+
+
+class _BodyReader:
+    """A blocking ``read(n)`` over a request's async body, for use in a worker thread."""
+
+    def __init__(self, request: Request) -> None:
+        self._chunks = request.stream().__aiter__()
+        self._buffer = bytearray()
+        self._done = False
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._done and (n < 0 or len(self._buffer) < n):
+            chunk = anyio.from_thread.run(self._next)
+            if chunk is None:
+                self._done = True
+            else:
+                self._buffer += chunk
+        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
 
 
 @router.delete(f"{PREFIX}/{{path:path}}", response_model=None)

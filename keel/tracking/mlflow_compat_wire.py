@@ -14,6 +14,8 @@ rewritten (:func:`keel.tracking.mlflow_compat_search.rewrite_run_search`).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any
 
@@ -66,6 +68,8 @@ __all__ = [
     "error_response",
     "experiment_message",
     "keel_experiment_id",
+    "keep_alive",
+    "now_ms",
     "run_info_message",
     "run_message",
     "split_tags",
@@ -143,6 +147,29 @@ def client_of(request: Request) -> Client:
     """The app's one Client (a FastAPI dependency)."""
     client: Client = request.app.state.client
     return client
+
+
+def keep_alive(request: Request, run_id: str) -> None:
+    """Heartbeat a run the caller writes to, at most once per ``heartbeat_interval``.
+
+    MLflow clients send no heartbeats of their own: their writes are the sign of life that
+    keeps a long run from being marked LOST. The last beat per run lives on ``app.state``.
+    """
+    client = client_of(request)
+    beats: dict[str, float] | None = getattr(request.app.state, "mlflow_heartbeats", None)
+    if beats is None:
+        beats = request.app.state.mlflow_heartbeats = {}
+    now = time.monotonic()
+    if now - beats.get(run_id, -math.inf) < client.settings.heartbeat_interval:
+        return
+    if len(beats) > 10_000:
+        beats.clear()
+    client.heartbeat(run_id)
+    beats[run_id] = now
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 # -- requests ----------------------------------------------------------------------------------

@@ -357,3 +357,28 @@ def test_large_artifact_streams_both_ways(
     assert keel_client.read_artifact(run_id, "model/v1/weights.bin") == data
     local = MlflowClient().download_artifacts(run_id, "model", str(tmp_path / "out"))
     assert (Path(local) / "v1" / "weights.bin").read_bytes() == data
+
+
+def test_writes_keep_an_mlflow_run_alive(
+    home: Path, mlflow_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow clients send no heartbeats: their writes count as one, silence makes a run LOST."""
+    monkeypatch.setenv("KEEL_LOST_RUN_TIMEOUT", "0.6")
+    monkeypatch.setenv("KEEL_HEARTBEAT_INTERVAL", "0.05")
+    with serve(Settings()) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        keel_client = Client(Settings())
+        try:
+            client = MlflowClient()
+            run_id = client.create_run(client.create_experiment("liveness")).info.run_id
+            for step in range(3):
+                time.sleep(0.3)
+                client.log_metric(run_id, "loss", 1.0, step=step)
+                assert keel_client.mark_lost_runs() == []
+            time.sleep(0.8)
+            assert keel_client.mark_lost_runs() == [run_id]
+            assert client.get_run(run_id).info.status == "FAILED"  # MLflow has no LOST
+            client.set_terminated(run_id)
+            assert keel_client.get_run(run_id).status.value == "FINISHED"
+        finally:
+            keel_client.close()
