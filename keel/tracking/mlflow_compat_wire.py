@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.errors import (
     AlreadyExists,
@@ -105,8 +105,7 @@ def _keel_error(exc: KeelError) -> JSONResponse:
     return error_response(500, "INTERNAL_ERROR", exc.message)
 
 
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
+def _validation_error(errors: Sequence[Any]) -> JSONResponse:
     if not errors:
         return error_response(400, "INVALID_PARAMETER_VALUE", "invalid request")
     first = errors[0]
@@ -133,7 +132,9 @@ class MlflowRoute(APIRoute):
             except KeelError as exc:
                 return _keel_error(exc)
             except RequestValidationError as exc:
-                return _validation_error(exc)
+                return _validation_error(exc.errors())
+            except ValidationError as exc:  # a model built inside a handler
+                return _validation_error(exc.errors())
             except Exception:
                 log.exception("keel server (mlflow api): unexpected error")
                 return error_response(

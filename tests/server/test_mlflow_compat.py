@@ -382,3 +382,41 @@ def test_writes_keep_an_mlflow_run_alive(
             assert keel_client.get_run(run_id).status.value == "FINISHED"
         finally:
             keel_client.close()
+
+
+def test_wire_errors_are_mlflow_shaped(sqlite_url: str) -> None:
+    """What the client turns into MlflowException: status and error_code for each failure."""
+    import httpx
+
+    with httpx.Client(base_url=f"{sqlite_url}/api/2.0/mlflow") as http:
+
+        def post(path: str, **kwargs: object) -> tuple[int, str]:
+            response = http.post(path, **kwargs)  # type: ignore[arg-type]
+            return response.status_code, response.json().get("error_code", "")
+
+        assert post("/runs/create", content=b"{not json") == (400, "INVALID_PARAMETER_VALUE")
+        assert post("/experiments/create", json={}) == (400, "INVALID_PARAMETER_VALUE")
+        assert post("/experiments/create", json={"name": "a\x00b"}) == (
+            400,
+            "INVALID_PARAMETER_VALUE",
+        )
+        assert post("/runs/log-metric", json={"run_id": "f" * 32, "key": "k", "value": 1}) == (
+            404,
+            "RESOURCE_DOES_NOT_EXIST",
+        )
+        assert post("/runs/log-metric", json={"key": "k", "value": 1}) == (
+            400,
+            "INVALID_PARAMETER_VALUE",
+        )
+        assert post("/model-versions/create", json={}) == (404, "ENDPOINT_NOT_FOUND")
+        missing = http.get("/runs/get", params={"run_id": "f" * 32})
+        assert missing.status_code == 404
+        assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+        assert "f" * 32 in missing.json()["message"]
+        # a NaN metric goes out in protobuf's JSON spelling, not as a bare NaN token
+        created = http.post("/runs/create", json={"experiment_id": "0"}).json()
+        run_id = created["run"]["info"]["run_id"]
+        logged = http.post("/runs/log-metric", json={"run_id": run_id, "key": "x", "value": "NaN"})
+        assert logged.status_code == 200
+        body = http.get("/runs/get", params={"run_id": run_id}).text
+        assert '"value":"NaN"' in body.replace(" ", "")
