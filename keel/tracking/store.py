@@ -25,6 +25,7 @@ from keel.tracking.models import (
     Experiment,
     LifecycleStage,
     Metric,
+    MetricBucket,
     Run,
     RunStatus,
 )
@@ -651,6 +652,67 @@ class TrackingStore:
                     curves[key].means.append(float(mean))
         return curves
 
+    def metric_buckets(self, run_id: str, key: str, *, buckets: int) -> list[MetricBucket]:
+        """A metric's history cut into at most ``buckets`` equal step ranges, summarised in SQL.
+
+        Each non-empty bucket has its first and last step, point count, min and max (NaN
+        skipped) and the value at its last step. Per bucket one aggregate over its index range
+        and two index seeks, so the history is read once and never sorted: SQLite has no hash
+        aggregation, and a GROUP BY over a million points spent most of its time sorting them.
+
+        Raises:
+            NotFound: no such run.
+        """
+        m, r = schema.metrics, schema.runs
+        with self._read() as conn:
+            run_key = conn.execute(select(r.c.run_key).where(r.c.run_id == run_id)).scalar()
+            if run_key is None:
+                raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+            in_key = and_(m.c.run_key == run_key, m.c.key == key)
+            first = conn.execute(select(func.min(m.c.step)).where(in_key)).scalar()
+            last = conn.execute(select(func.max(m.c.step)).where(in_key)).scalar()
+            if first is None or last is None:
+                return []
+            width = -(-(last - first + 1) // max(buckets, 1))
+            bounds = [(lo, min(lo + width - 1, last)) for lo in range(first, last + 1, width)]
+            sqlite = self.engine.dialect.name == "sqlite"
+            sql = _BUCKETS_SQLITE if sqlite else _BUCKETS_POSTGRESQL
+            mark = "(?, ?)" if sqlite else "(%s::bigint, %s::bigint)"
+            values = ", ".join([mark] * len(bounds))
+            params = (run_key, key, *(n for pair in bounds for n in pair))
+            found = conn.exec_driver_sql(sql.format(values=values), params).all()
+        rows: list[Any] = (
+            [_parse_sqlite_bucket(*row) for row in found if row[2] is not None]
+            if sqlite
+            else list(found)
+        )
+        return [
+            MetricBucket.model_construct(
+                first_step=first_step,
+                last_step=last_step,
+                count=count,
+                min=math.nan if low is None else low,
+                max=math.nan if high is None else high,
+                last=math.nan if final is None else final,
+            )
+            for count, low, high, first_step, last_step, final in rows
+        ]
+
+    def heartbeat_run(self, run_id: str) -> None:
+        """Record that a run's process is alive (a remote caller's heartbeat).
+
+        Raises:
+            NotFound: no such run.
+        """
+        with self._write() as conn, conn.begin():
+            count = conn.execute(
+                update(schema.runs)
+                .where(schema.runs.c.run_id == run_id)
+                .values(heartbeat_at=now_ms())
+            ).rowcount
+        if not count:
+            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+
     def _require_run_exists(self, conn: Connection, run_id: str) -> None:
         found = conn.execute(
             select(schema.runs.c.run_id).where(schema.runs.c.run_id == run_id)
@@ -679,6 +741,60 @@ class TrackingStore:
             if not rows:
                 self._require_run_exists(conn, run_id)
         return [ArtifactEntry(path=p, digest=d, size=s, kind=k) for p, d, s, k in rows]
+
+
+# Per bucket (b.lo..b.hi): count/min/max packed in one string (one pass over the range; quote()
+# prints a REAL with every digit it needs), the first step, and "step value" at the last step.
+_BUCKETS_SQLITE = """
+WITH p(rk, k) AS (SELECT ?, ?), b(lo, hi) AS (VALUES {values})
+SELECT
+  (SELECT count(*) || ' ' || quote(min(m.value)) || ' ' || quote(max(m.value)) FROM metrics m
+   WHERE m.run_key = p.rk AND m.key = p.k AND m.step BETWEEN b.lo AND b.hi),
+  (SELECT m.step FROM metrics m
+   WHERE m.run_key = p.rk AND m.key = p.k AND m.step BETWEEN b.lo AND b.hi
+   ORDER BY m.step LIMIT 1),
+  (SELECT m.step || ' ' || quote(m.value) FROM metrics m
+   WHERE m.run_key = p.rk AND m.key = p.k AND m.step BETWEEN b.lo AND b.hi
+   ORDER BY m.step DESC, m.timestamp DESC, m.id DESC LIMIT 1)
+FROM b, p
+ORDER BY b.lo
+"""
+
+_BUCKETS_POSTGRESQL = """
+WITH p(rk, k) AS (SELECT %s::bigint, %s::text), b(lo, hi) AS (VALUES {values})
+SELECT a.n, a.low, a.high, a.first_step, l.step, l.value
+FROM b CROSS JOIN p
+CROSS JOIN LATERAL (
+  SELECT count(*) AS n, min(m.value) AS low, max(m.value) AS high, min(m.step) AS first_step
+  FROM metrics m WHERE m.run_key = p.rk AND m.key = p.k AND m.step BETWEEN b.lo AND b.hi
+) a
+CROSS JOIN LATERAL (
+  SELECT m.step, m.value FROM metrics m
+  WHERE m.run_key = p.rk AND m.key = p.k AND m.step BETWEEN b.lo AND b.hi
+  ORDER BY m.step DESC, m.timestamp DESC, m.id DESC LIMIT 1
+) l
+ORDER BY b.lo
+"""
+
+
+def _sql_real(text: str) -> float | None:
+    """A REAL as SQLite's quote() prints it ('NULL' for a NaN point, 9.0e+999 for infinity)."""
+    return None if text == "NULL" else float(text)
+
+
+def _parse_sqlite_bucket(
+    packed: str, first_step: int, last: str
+) -> tuple[int, float | None, float | None, int, int, float | None]:
+    count, low, high = packed.split(" ")
+    last_step, final = last.split(" ")
+    return (
+        int(count),
+        _sql_real(low),
+        _sql_real(high),
+        first_step,
+        int(last_step),
+        _sql_real(final),
+    )
 
 
 def _check_name(name: object, *, what: str) -> str:
