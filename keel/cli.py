@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
         "Create, list, rename and delete experiments.",
     ),
     "runs": ("keel.tracking.cli:runs", "List, show, search, compare, export and delete runs."),
+    "server": ("keel.server.cli:server", "Serve the REST API over HTTP (uvicorn, N workers)."),
 }
 
 
