@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quickstart_trains_tracks_searches_and_compares(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    # the store a user standing in tmp_path would get; explicit, because walking up from a
+    # pytest tmp folder could find a stray /tmp/.keel
+    env["KEEL_HOME"] = str(tmp_path / ".keel")
     env["COLUMNS"] = "160"
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
@@ -31,7 +34,7 @@ def test_quickstart_trains_tracks_searches_and_compares(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "$ keel runs search" in done.stdout and "$ keel runs compare" in done.stdout
     assert "Best model:" in done.stdout
-    # the store was created where the user stood, and holds what the example logged
+    # the store holds what the example logged
     client = Client(Settings(home=tmp_path / ".keel"))
     runs = client.search_all(
         "", experiment_ids=[client.resolve_experiment("diabetes").experiment_id]
