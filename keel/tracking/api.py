@@ -273,6 +273,11 @@ class Client:
         self._buffer.flush()
         return self.store.get_run(run_id)
 
+    def rename_run(self, run_id: str, new_name: str) -> Run:
+        """Give a run another name (names need not be unique)."""
+        self.store.rename_run(run_id, new_name)
+        return self.get_run(run_id)
+
     def resolve_run_id(self, prefix: str) -> str:
         """The full id of the one run whose id starts with ``prefix``."""
         return self.store.resolve_run_id(prefix)

@@ -177,11 +177,11 @@ def create_run(body: CreateRunRequest, request: Request, client: ClientDep) -> R
 
 @router.post(f"{PREFIX}/runs/update", response_model_exclude_none=True)
 def update_run(body: UpdateRunRequest, client: ClientDep) -> UpdateRunResponse:
-    """End a run (FINISHED, FAILED, KILLED); Keel cannot yet rename or reopen one."""
+    """Rename a run and/or end it (FINISHED, FAILED, KILLED); an ended run cannot reopen."""
     run_id = body.id
     run = client.get_run(run_id)
     if body.run_name and body.run_name != run.run_name:
-        raise InvalidInput(_RENAME_UNSUPPORTED.format(run_id=run_id))
+        run = client.rename_run(run_id, body.run_name)
     if body.status:
         status = _run_status(body.status)
         if status.is_terminal:
@@ -318,11 +318,6 @@ def search_logged_models() -> dict[str, list[str]]:
     return {"models": []}
 
 
-_RENAME_UNSUPPORTED = (
-    "Keel cannot rename run {run_id} yet: a run keeps the name it was created with"
-)
-
-
 def _log_points(
     request: Request, client: Client, run_id: str, metrics: Sequence[MetricMessage]
 ) -> None:
@@ -344,12 +339,12 @@ def _log_points(
 
 
 def _set_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:
-    """Set tags; ``mlflow.runName`` and ``mlflow.user`` are run attributes that cannot change."""
+    """Set tags; ``mlflow.runName`` renames the run, ``mlflow.user`` cannot change."""
     name, user = tags.pop(RUN_NAME_TAG, None), tags.pop(USER_TAG, None)
     if name is not None or user is not None:
         run = client.get_run(run_id)
         if name is not None and name != run.run_name:
-            raise InvalidInput(_RENAME_UNSUPPORTED.format(run_id=run_id))
+            client.rename_run(run_id, name)
         if user is not None and user != run.user:
             raise InvalidInput(f"Keel cannot change the user of run {run_id} ({run.user})")
     if tags:

@@ -329,6 +329,15 @@ class TrackingStore:
         if not count:
             raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
 
+    def rename_run(self, run_id: str, new_name: str) -> None:
+        _check_name(new_name, what="run")
+        with self._write() as conn, conn.begin():
+            count = conn.execute(
+                update(schema.runs).where(schema.runs.c.run_id == run_id).values(run_name=new_name)
+            ).rowcount
+        if not count:
+            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+
     def set_run_lifecycle(self, run_ids: Sequence[str], stage: LifecycleStage) -> int:
         """Soft-delete or restore runs; returns how many changed."""
         with self._write() as conn, conn.begin():

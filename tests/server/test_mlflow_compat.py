@@ -322,9 +322,11 @@ def test_tags_delete_restore_status_and_errors(sqlite_url: str, keel_client: Cli
     with pytest.raises(MlflowException) as missing:
         client.get_run("0" * 32)
     assert error_code(missing) == "RESOURCE_DOES_NOT_EXIST"
-    with pytest.raises(MlflowException) as rename:
-        client.update_run(run_id, name="renamed")
-    assert error_code(rename) == "INVALID_PARAMETER_VALUE" and "rename" in str(rename.value)
+    client.update_run(run_id, name="renamed")
+    assert client.get_run(run_id).info.run_name == "renamed"
+    assert keel_client.get_run(run_id).run_name == "renamed"
+    client.set_tag(run_id, "mlflow.runName", "renamed-again")
+    assert keel_client.get_run(run_id).run_name == "renamed-again"
     with pytest.raises(MlflowException) as registry:
         client.create_registered_model("model")
     assert error_code(registry) == "ENDPOINT_NOT_FOUND"

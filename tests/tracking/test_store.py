@@ -205,3 +205,13 @@ def test_log_batch_takes_many_steps_params_and_tags(client: Client) -> None:
     assert len(client.get_metric_history(run.run_id, "loss")) == 500
     with pytest.raises(InvalidInput, match="must be a number"):
         client.log_batch(run.run_id, metrics=[("loss", "x", 0, 0)])  # type: ignore[list-item]
+
+
+def test_rename_run(client: Client) -> None:
+    run = make_run(client, run_name="first")
+    assert client.rename_run(run.run_id, "second").run_name == "second"
+    assert client.search_all("run_name = 'second'")[0].run_id == run.run_id
+    with pytest.raises(InvalidInput, match="non-empty"):
+        client.rename_run(run.run_id, " ")
+    with pytest.raises(NotFound):
+        client.rename_run("0" * 32, "x")
