@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the metadata database, e.g. "
         "postgresql+psycopg://user@host/db. Default: sqlite:///<home>/keel.db.",
     )
+    tracking_uri: str | None = Field(
+        default=None,
+        description="URL of a keel server (http://host:5000). When set, the Python API and the "
+        "CLI talk to that server instead of a local store.",
+    )
     artifact_url: str | None = Field(
         default=None,
         description="fsspec URL or path of the content-addressed artifact store "
