@@ -273,6 +273,11 @@ class Client:
         self._buffer.flush()
         return self.store.get_run(run_id)
 
+    def get_runs(self, run_ids: Sequence[str]) -> list[Run]:
+        """Several runs at once, in the order given (ids that do not exist are left out)."""
+        self._buffer.flush()
+        return self.store.get_runs(run_ids)
+
     def rename_run(self, run_id: str, new_name: str) -> Run:
         """Give a run another name (names need not be unique)."""
         self.store.rename_run(run_id, new_name)

@@ -459,7 +459,7 @@ def runs_compare(run_ids: tuple[str, ...], all_keys: bool, as_json: bool) -> Non
     if len(run_ids) < 2:
         raise InvalidInput("compare needs at least two runs: keel runs compare RUN RUN...")
     client = _client()
-    found = client.store.get_runs(_resolve_runs(client, run_ids))
+    found = client.get_runs(_resolve_runs(client, run_ids))
     rows: list[tuple[str, str, list[Any]]] = []
     for section in ("params", "metrics"):
         keys = sorted({k for r in found for k in getattr(r, section)})
