@@ -245,6 +245,8 @@ class RunOut(Run):
 
     model_config = _RESPONSE
 
+    metrics: dict[str, WireFloat] = Field(default_factory=dict)
+
 
 class RunPageOut(BaseModel):
     model_config = _RESPONSE
@@ -314,6 +316,8 @@ class MetricsWritten(BaseModel):
 class MetricOut(Metric):
     model_config = _RESPONSE
 
+    value: WireFloat
+
 
 class MetricBucket(BaseModel):
     """One step range of a downsampled metric history.
@@ -327,9 +331,9 @@ class MetricBucket(BaseModel):
     first_step: int
     last_step: int
     count: int
-    min: float
-    max: float
-    last: float
+    min: WireFloat
+    max: WireFloat
+    last: WireFloat
 
 
 class MetricHistory(BaseModel):
