@@ -1,6 +1,8 @@
 """How long a 1,000,000-point metric history takes to come back downsampled to 1,000 buckets.
 
-Run by hand (not a test): ``python benchmarks/history_downsample.py [--points N] [--keys K]``.
+Run by hand (not a test): ``python benchmarks/history_downsample.py [--points N] [--keys K]``
+(``--database-url`` to run it on an empty PostgreSQL database instead, ``--covering-index`` to
+see what an index holding the values would save).
 It builds a throwaway SQLite store, logs one metric of ``--points`` points (with ``--keys`` > 1,
 that many metrics logged step by step side by side, as a training loop does, which spreads each
 key's rows over the table), then times, as medians of ``--repeat`` calls:
@@ -50,12 +52,24 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1, help="metrics logged side by side")
     parser.add_argument("--buckets", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument(
+        "--database-url", default=None, help="an empty database to use instead of a SQLite file"
+    )
+    parser.add_argument(
+        "--covering-index",
+        action="store_true",
+        help="first add an index on metrics (run_key, key, step, value), as a schema migration "
+        "could, to see what reading values from the index instead of the table saves",
+    )
     args = parser.parse_args()
 
     from fastapi.testclient import TestClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Settings(home=Path(tmp) / ".keel", capture_source=False))
+        settings = Settings(
+            home=Path(tmp) / ".keel", database_url=args.database_url, capture_source=False
+        )
+        app = create_app(settings)
         client = app.state.client
         run = client.create_remote_run(
             client.create_experiment("bench").experiment_id, host="bench", user="bench"
@@ -71,9 +85,16 @@ def main() -> None:
                 batch = []
         client.write_metric_points(batch)
         print(
-            f"logged {args.points:,} points x {len(keys)} key(s) in "
+            f"{client.engine.dialect.name}: logged {args.points:,} points x {len(keys)} key(s) in "
             f"{time.perf_counter() - started:.1f} s"
         )
+
+        if args.covering_index:
+            with client.engine.begin() as conn:
+                conn.execute(
+                    text("CREATE INDEX ix_bench_covering ON metrics (run_key, key, step, value)")
+                )
+            print("added the covering index (run_key, key, step, value)")
 
         store_ms = median_ms(
             lambda: client.store.metric_buckets(run.run_id, "loss", buckets=args.buckets),

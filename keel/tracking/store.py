@@ -665,9 +665,10 @@ class TrackingStore:
         """A metric's history cut into at most ``buckets`` equal step ranges, summarised in SQL.
 
         Each non-empty bucket has its first and last step, point count, min and max (NaN
-        skipped) and the value at its last step. Per bucket one aggregate over its index range
-        and two index seeks, so the history is read once and never sorted: SQLite has no hash
-        aggregation, and a GROUP BY over a million points spent most of its time sorting them.
+        skipped) and the value at its last step. The history is read once, in the database.
+        Each bucket is one aggregate over its index range plus index seeks, so nothing is
+        sorted: a GROUP BY on the bucket sorts every point (SQLite has no hash aggregation, and
+        PostgreSQL cannot estimate the bucket count), 1.6-4x slower at a million points.
 
         Raises:
             NotFound: no such run.
@@ -769,6 +770,9 @@ FROM b, p
 ORDER BY b.lo
 """
 
+# The same per-bucket shape with LATERAL. On PostgreSQL too it beat one GROUP BY pass (333 ms
+# against 532 ms at a million points): the planner cannot tell that the bucket expression has
+# few values, so it sorts every point rather than hashing.
 _BUCKETS_POSTGRESQL = """
 WITH p(rk, k) AS (SELECT %s::bigint, %s::text), b(lo, hi) AS (VALUES {values})
 SELECT a.n, a.low, a.high, a.first_step, l.step, l.value
