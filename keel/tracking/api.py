@@ -15,17 +15,16 @@ import json
 import os
 import weakref
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from keel.artifacts import ArtifactStore, BlobReader
+from keel.artifacts import ArtifactStore
 from keel.db import ensure_schema, make_engine
-from keel.errors import InvalidInput, MissingExtra, NotFound
+from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
+from keel.tracking.api_artifacts import ArtifactMethods
 from keel.tracking.buffer import MetricBuffer
 from keel.tracking.liveness import HOST, lost_runs
 from keel.tracking.models import (
-    ArtifactEntry,
     Experiment,
     LifecycleStage,
     Metric,
@@ -60,7 +59,7 @@ def _as_float(key: str, value: Any) -> float:
     return float(value)
 
 
-class Client:
+class Client(ArtifactMethods):
     """Tracking over an explicit store: ``Client(Settings(home=...))``.
 
     Example:
@@ -88,12 +87,6 @@ class Client:
         )
         self.mark_lost_runs()
         _clients.add(self)
-
-    @property
-    def artifacts(self) -> ArtifactStore:
-        if self._artifacts is None:
-            self._artifacts = ArtifactStore(self.settings.artifacts_url)
-        return self._artifacts
 
     def flush(self) -> None:
         """Write every buffered metric point now."""
@@ -493,182 +486,6 @@ class Client:
                 break
         return runs
 
-    # -- artifacts ------------------------------------------------------------------------
-    def log_artifact(
-        self, run_id: str, local_path: str | Path, *, artifact_path: str | None = None
-    ) -> ArtifactEntry:
-        """Store a file as ``<artifact_path>/<file name>``."""
-        path = Path(local_path)
-        if not path.is_file():
-            raise InvalidInput(f"{path} is not a file (use log_artifacts for a directory)")
-        blob = self.artifacts.put_file(path)
-        entry = ArtifactEntry(
-            path=_join(artifact_path, path.name), digest=blob.digest, size=blob.size, kind="file"
-        )
-        self.store.record_artifact(run_id, entry)
-        return entry
-
-    def log_artifacts(
-        self, run_id: str, local_dir: str | Path, *, artifact_path: str | None = None
-    ) -> ArtifactEntry:
-        """Store a directory (as a manifest of its files) under ``artifact_path``."""
-        path = Path(local_dir)
-        if not path.is_dir():
-            raise InvalidInput(f"{path} is not a directory (use log_artifact for a file)")
-        blob = self.artifacts.put_dir(path)
-        entry = ArtifactEntry(
-            path=_clean(artifact_path or ""), digest=blob.digest, size=blob.size, kind="dir"
-        )
-        self.store.record_artifact(run_id, entry)
-        return entry
-
-    def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> ArtifactEntry:
-        blob = self.artifacts.put_bytes(data)
-        entry = ArtifactEntry(
-            path=_clean(artifact_file), digest=blob.digest, size=blob.size, kind="file"
-        )
-        if not entry.path:
-            raise InvalidInput("artifact_file must name a file, e.g. 'notes/summary.txt'")
-        self.store.record_artifact(run_id, entry)
-        return entry
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> ArtifactEntry:
-        return self.log_bytes(run_id, text.encode("utf-8"), artifact_file)
-
-    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
-        """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
-        if artifact_file.endswith((".yaml", ".yml")):
-            import yaml
-
-            text = yaml.safe_dump(dict(data), sort_keys=False)
-        else:
-            text = json.dumps(data, indent=2, default=str)
-        return self.log_text(run_id, text, artifact_file)
-
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
-        import io
-
-        suffix = Path(artifact_file).suffix.lstrip(".").lower() or "png"
-        if not hasattr(figure, "savefig"):
-            raise InvalidInput(f"log_figure needs a matplotlib Figure, got {type(figure).__name__}")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
-
-    def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a pandas DataFrame (or a dict of columns) as Parquet."""
-        if not artifact_file.endswith(".parquet"):
-            raise InvalidInput(
-                f"log_table writes Parquet; name the file *.parquet, not {artifact_file!r}"
-            )
-        import io
-
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a core dependency
-            raise MissingExtra("pandas", extra="sklearn") from exc
-        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
-
-    def log_stream(
-        self,
-        run_id: str,
-        stream: Any,
-        artifact_file: str,
-        *,
-        digest: str | None = None,
-        size_hint: int | None = None,
-    ) -> ArtifactEntry:
-        """Store what ``stream.read(n)`` yields as the file ``artifact_file``, in flat memory.
-
-        Args:
-            digest: the BLAKE3 hex digest the content must have; on a mismatch nothing is
-                recorded.
-            size_hint: the expected size, if known.
-
-        Raises:
-            InvalidInput: ``artifact_file`` is empty or has ``..``, or the digest differs.
-            NotFound: no such run.
-        """
-        path = _clean(artifact_file)
-        if not path:
-            raise InvalidInput("artifact_file must name a file, e.g. 'notes/summary.txt'")
-        blob = self.artifacts.put_stream(stream, size_hint=size_hint)
-        if digest is not None and blob.digest != digest:
-            raise InvalidInput(
-                f"the content of {path!r} hashes to {blob.digest}, not the {digest} it was "
-                "sent with (damaged in transit?); nothing was recorded",
-                path=path,
-                expected=digest,
-                actual=blob.digest,
-            )
-        entry = ArtifactEntry(path=path, digest=blob.digest, size=blob.size, kind="file")
-        self.store.record_artifact(run_id, entry)
-        return entry
-
-    def open_artifact(self, run_id: str, path: str) -> BlobReader:
-        """A stream over one artifact file; the read that reaches its end checks its digest.
-
-        The reader's ``digest`` and ``size`` say what it will deliver.
-
-        Raises:
-            NotFound: the run has no artifact file at ``path``.
-            StorageError: (on the last read) the stored bytes do not match their digest.
-        """
-        wanted = _clean(path)
-        entries = (
-            [e for e in self.list_artifacts(run_id, wanted) if e.path == wanted] if wanted else []
-        )
-        if not entries:
-            raise NotFound(f"run {run_id} has no artifact file {path!r}", run_id=run_id, path=path)
-        return self.artifacts.open(entries[0].digest)
-
-    def list_artifacts(self, run_id: str, path: str = "") -> list[ArtifactEntry]:
-        """Every artifact file of the run under ``path`` (directories expanded)."""
-        prefix = _clean(path)
-        files: dict[str, ArtifactEntry] = {}
-        for entry in self.store.artifact_entries(run_id):
-            if entry.kind == "dir":
-                for rel, blob in self.artifacts.read_manifest(entry.digest).items():
-                    full = _join(entry.path, rel)
-                    files[full] = ArtifactEntry(
-                        path=full, digest=blob.digest, size=blob.size, kind="file"
-                    )
-            else:
-                files[entry.path] = entry
-        return [
-            e
-            for p, e in sorted(files.items())
-            if not prefix or p == prefix or p.startswith(prefix + "/")
-        ]
-
-    def download_artifacts(self, run_id: str, path: str = "", *, dst: str | Path) -> Path:
-        """Copy the artifacts under ``path`` into ``dst``; returns the local path of ``path``.
-
-        Raises:
-            NotFound: the run has no artifact at ``path``.
-            StorageError: a stored object does not match its hash (corruption).
-        """
-        entries = self.list_artifacts(run_id, path)
-        if not entries:
-            raise NotFound(f"run {run_id} has no artifact at {path!r}", run_id=run_id, path=path)
-        root = Path(dst)
-        for entry in entries:
-            target = root / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.artifacts.get_file(entry.digest, target)
-        return root / _clean(path) if path else root
-
-    def read_artifact(self, run_id: str, path: str) -> bytes:
-        """The bytes of one artifact file (verified against its hash)."""
-        entries = [e for e in self.list_artifacts(run_id, path) if e.path == _clean(path)]
-        if not entries:
-            raise NotFound(f"run {run_id} has no artifact file {path!r}", run_id=run_id)
-        return self.artifacts.read_bytes(entries[0].digest)
-
     # -- tables ---------------------------------------------------------------------------
     @staticmethod
     def runs_to_frame(runs: Sequence[Run]) -> pd.DataFrame:
@@ -716,17 +533,6 @@ class Client:
             *(c for c in dynamic if c.startswith("tags.")),
         ]
         return frame[order]
-
-
-def _clean(path: str) -> str:
-    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InvalidInput(f"artifact path {path!r} may not contain '..'")
-    return "/".join(parts)
-
-
-def _join(base: str | None, name: str) -> str:
-    return _clean(f"{base or ''}/{name}")
 
 
 def _query_fingerprint(
