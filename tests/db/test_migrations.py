@@ -76,11 +76,13 @@ def test_concurrent_first_open_applies_migrations_once(fresh_url: str) -> None:
     engine.dispose()
 
 
-def test_upgrade_from_previous_revision_keeps_data(fresh_url: str) -> None:
+@pytest.mark.parametrize("old", ["0001", "0002"])
+def test_upgrade_from_older_revisions_keeps_data(fresh_url: str, old: str) -> None:
     engine = make_engine(fresh_url)
-    upgrade(engine, "0001")
-    assert current_revision(engine) == "0001"
-    assert "pid" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    upgrade(engine, old)
+    assert current_revision(engine) == old
+    has_pid = "pid" in {c["name"] for c in inspect(engine).get_columns("runs")}
+    assert has_pid == (old >= "0002")
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -95,6 +97,12 @@ def test_upgrade_from_previous_revision_keeps_data(fresh_url: str) -> None:
             )
         )
         conn.execute(text("INSERT INTO params (run_id, key, value) VALUES ('r1', 'model', 'tree')"))
+        conn.execute(
+            text(
+                "INSERT INTO metrics (run_key, key, value, is_nan, step, timestamp) "
+                "SELECT run_key, 'loss', 0.5, false, 3, 7 FROM runs WHERE run_id = 'r1'"
+            )
+        )
     engine.dispose()
 
     engine = make_engine(fresh_url)
@@ -105,6 +113,9 @@ def test_upgrade_from_previous_revision_keeps_data(fresh_url: str) -> None:
     store = TrackingStore(engine)
     run = store.get_run("r1")
     assert run.params == {"model": "tree"} and run.status.value == "FINISHED"
+    assert [(p.step, p.value) for p in store.metric_history("r1", "loss")] == [(3, 0.5)]
+    indexes = {i["name"] for i in inspect(engine).get_indexes("metrics")}
+    assert "ix_metrics_run_key_key_step_value" in indexes
     assert store.search_run_ids(
         filter_string="params.model = 'tree'",
         order_by=None,
