@@ -31,6 +31,7 @@ __all__ = [
     "params",
     "runs",
     "tags",
+    "write_batches",
 ]
 
 metadata = MetaData(
@@ -151,5 +152,13 @@ artifacts = Table(
     Column("digest", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("kind", String(8), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# revision 0004: metric batches already applied, so a retried batch is stored once
+write_batches = Table(
+    "write_batches",
+    metadata,
+    Column("batch_id", String(36), primary_key=True),
     Column("created_at", BigInteger, nullable=False),
 )

@@ -246,8 +246,14 @@ class Client(ArtifactMethods):
         """
         self.store.heartbeat_run(run_id)
 
-    def end_run(self, run_id: str, *, status: RunStatus | str = RunStatus.FINISHED) -> None:
-        """Flush the run's metrics and mark it ended with ``status``."""
+    def end_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | str = RunStatus.FINISHED,
+        end_time: int | None = None,
+    ) -> None:
+        """Flush the run's metrics and mark it ended with ``status`` (at ``end_time``, else now)."""
         try:
             final = RunStatus(str(status).upper())
         except ValueError:
@@ -260,7 +266,9 @@ class Client(ArtifactMethods):
             raise InvalidInput(f"end_run needs a final status, not {final.value}")
         self._open_runs.pop(run_id, None)
         self._buffer.flush()
-        self.store.set_run_status(run_id, final, end_time=now_ms())
+        self.store.set_run_status(
+            run_id, final, end_time=now_ms() if end_time is None else end_time
+        )
 
     def get_run(self, run_id: str) -> Run:
         self._buffer.flush()
@@ -396,16 +404,22 @@ class Client(ArtifactMethods):
         self._buffer.flush()
         return self.store.metric_history(run_id, key)
 
-    def write_metric_points(self, points: Sequence[PointTuple]) -> None:
+    def write_metric_points(
+        self, points: Sequence[PointTuple], *, batch_id: str | None = None
+    ) -> bool:
         """Store ``(run_id, key, value, step, timestamp)`` points now, in one transaction.
 
         Unlike :meth:`log_metric` nothing is buffered: when this returns the points are stored
-        (a server must not acknowledge what it has not written).
+        (a server must not acknowledge what it has not written). A batch carrying a
+        ``batch_id`` that was applied before is skipped (a client's retry).
+
+        Returns:
+            False when the batch was skipped as already applied, else True.
 
         Raises:
             NotFound: a point names a run that does not exist.
         """
-        self.store.log_metric_points(points)
+        return self.store.log_metric_points(points, batch_id=batch_id)
 
     def metric_buckets(self, run_id: str, key: str, *, buckets: int) -> list[MetricBucket]:
         """``key``'s history summarised in at most ``buckets`` step ranges (computed in SQL).

@@ -151,7 +151,8 @@ MAX_BUCKETS = 10_000
 MAX_ARTIFACT_PATH_LENGTH = 1024
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
-_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold a NUL character
+_NO_NUL = r"^[^\x00]*$"
+_BATCH_ID = r"^[0-9a-fA-F-]{1,36}$"  # PostgreSQL text cannot hold a NUL character
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -238,6 +239,9 @@ class RunUpdate(BaseModel):
     status: Literal["FINISHED", "FAILED", "KILLED"] = Field(
         description="the final status; the run ends now"
     )
+    end_time: Millis | None = Field(
+        default=None, description="when the run ended (default: now, on the server's clock)"
+    )
 
 
 class RunOut(Run):
@@ -295,10 +299,21 @@ class RunMetricPointIn(MetricPointIn):
     run_id: RunId
 
 
+BatchId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=36, pattern=_BATCH_ID),
+    Field(
+        description="a client-generated id (a uuid): a batch sent again with the same id is "
+        "stored once and answered as a success"
+    ),
+]
+
+
 class MetricsLog(BaseModel):
     model_config = _REQUEST
 
     points: Annotated[list[MetricPointIn], Field(max_length=MAX_METRIC_BATCH)]
+    batch_id: BatchId | None = None
 
 
 class RunMetricsLog(BaseModel):
@@ -307,6 +322,7 @@ class RunMetricsLog(BaseModel):
     model_config = _REQUEST
 
     points: Annotated[list[RunMetricPointIn], Field(max_length=MAX_METRIC_BATCH)]
+    batch_id: BatchId | None = None
 
 
 class MetricsWritten(BaseModel):

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from keel.db import schema
 from keel.errors import NotFound
 from keel.tracking.models import Metric, MetricBucket
-from keel.tracking.store_base import IN_CHUNK, PointTuple, SqlStore
+from keel.tracking.store_base import IN_CHUNK, PointTuple, SqlStore, now_ms
 
 __all__ = ["MetricCurve", "MetricsStore"]
 
@@ -77,16 +77,23 @@ class MetricsStore(SqlStore):
             self._run_key_cache.update(keep)
         return {r: self._run_key_cache[r] for r in wanted}
 
-    def log_metric_points(self, points: Sequence[PointTuple]) -> None:
+    def log_metric_points(
+        self, points: Sequence[PointTuple], *, batch_id: str | None = None
+    ) -> bool:
         """Write a batch of points to the history and advance the latest value per key.
 
-        The batch is written whole or not at all.
+        The batch is written whole or not at all. With a ``batch_id``, the id is recorded in
+        the same transaction, and a batch whose id is already recorded is skipped, so a client
+        that retries a batch after a lost answer stores its points once.
+
+        Returns:
+            False when the batch was skipped as already applied, else True.
 
         Raises:
             NotFound: a point names a run that does not exist (its ids are in ``run_ids``).
         """
         if not points:
-            return
+            return True
         keys = self._run_keys(p[0] for p in points)
         history = [
             (keys[run_id], key, None if value != value else value, value != value, step, ts)
@@ -110,8 +117,14 @@ class MetricsStore(SqlStore):
             for run_id, key, value, step, ts in latest.values()
         ]
         with self._write() as conn, conn.begin():
+            if batch_id is not None:
+                claim = self._insert(schema.write_batches).on_conflict_do_nothing()
+                claimed = conn.execute(claim, {"batch_id": batch_id, "created_at": now_ms()})
+                if claimed.rowcount == 0:
+                    return False
             conn.exec_driver_sql(self._metrics_sql, history)
             conn.execute(self._latest_upsert, latest_rows)
+        return True
 
     def metric_history(self, run_id: str, key: str) -> list[Metric]:
         m, r = schema.metrics, schema.runs

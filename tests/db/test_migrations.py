@@ -76,7 +76,7 @@ def test_concurrent_first_open_applies_migrations_once(fresh_url: str) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("old", ["0001", "0002"])
+@pytest.mark.parametrize("old", ["0001", "0002", "0003"])
 def test_upgrade_from_older_revisions_keeps_data(fresh_url: str, old: str) -> None:
     engine = make_engine(fresh_url)
     upgrade(engine, old)

@@ -30,7 +30,8 @@ router = APIRouter(tags=["metrics"])
 def log_metrics(run_id: RunIdPath, body: MetricsLog, client: ClientDep) -> MetricsWritten:
     """Store up to 10,000 points of one run in one transaction (stored when this returns).
 
-    A point without a timestamp gets the server's clock.
+    A point without a timestamp gets the server's clock. A ``batch_id`` seen before makes the
+    request a no-op that still succeeds, so retries never duplicate.
     """
     now = now_ms()
     points = [
@@ -38,7 +39,7 @@ def log_metrics(run_id: RunIdPath, body: MetricsLog, client: ClientDep) -> Metri
         for p in body.points
     ]
     if points:
-        client.write_metric_points(points)
+        client.write_metric_points(points, batch_id=body.batch_id)
     else:
         client.get_run(run_id)  # an empty batch still names a run that must exist
     return MetricsWritten(written=len(points))
@@ -47,13 +48,13 @@ def log_metrics(run_id: RunIdPath, body: MetricsLog, client: ClientDep) -> Metri
 @router.post("/metrics")
 def log_metrics_of_runs(body: RunMetricsLog, client: ClientDep) -> MetricsWritten:
     """Store up to 10,000 points addressed to any runs, all or none (404 naming every unknown
-    run id)."""
+    run id). A ``batch_id`` seen before makes the request a no-op that still succeeds."""
     now = now_ms()
     points = [
         (p.run_id, p.key, p.value, p.step, now if p.timestamp is None else p.timestamp)
         for p in body.points
     ]
-    client.write_metric_points(points)
+    client.write_metric_points(points, batch_id=body.batch_id)
     return MetricsWritten(written=len(points))
 
 

@@ -77,6 +77,12 @@ def search_runs(body: RunSearch, client: ClientDep) -> RunPageOut:
     )
 
 
+@router.get("/by-prefix/{prefix}")
+def resolve_run_id(prefix: RunIdPath, client: ClientDep) -> dict[str, str]:
+    """The full id of the one run whose id starts with ``prefix`` (404 if none, 400 if several)."""
+    return {"run_id": client.resolve_run_id(prefix)}
+
+
 @router.get("/{run_id}")
 def get_run(run_id: RunIdPath, client: ClientDep) -> RunOut:
     """A run with its params, latest metric values and tags."""
@@ -86,7 +92,7 @@ def get_run(run_id: RunIdPath, client: ClientDep) -> RunOut:
 @router.patch("/{run_id}")
 def end_run(run_id: RunIdPath, body: RunUpdate, client: ClientDep) -> RunOut:
     """End a run with a final status (FINISHED, FAILED or KILLED); its end time is now."""
-    client.end_run(run_id, status=body.status)
+    client.end_run(run_id, status=body.status, end_time=body.end_time)
     return _out(client.get_run(run_id))
 
 
