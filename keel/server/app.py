@@ -8,6 +8,7 @@ Every :class:`keel.errors.KeelError` becomes a JSON body ``{"error": code, "mess
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,7 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(_watch_lost_runs(app.state.client, settings))
         yield
+        watcher.cancel()
         app.state.client.close()
 
     app = FastAPI(
@@ -76,7 +79,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in _routers():
         app.include_router(router)
+    _answer_400_not_422(app)
     return app
+
+
+def _answer_400_not_422(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the app does: invalid input is a 400, never a 422."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=app.description
+        )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None and "400" not in responses:
+                    responses["400"] = {"description": "invalid input (error: invalid_input)"}
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _watch_lost_runs(client: Client, settings: Settings) -> None:
+    """Mark runs LOST while the server runs, not only when a store opens.
+
+    Remote callers send heartbeats; a run whose heartbeats stop for ``lost_run_timeout`` is
+    lost. Checked every half timeout (at most every minute), off the event loop.
+    """
+    period = min(settings.lost_run_timeout / 2, 60.0)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await asyncio.to_thread(client.mark_lost_runs)
+        except Exception:  # a database blip must not end the watcher
+            log.warning("keel server: lost-run check failed", exc_info=True)
 
 
 def _routers() -> list[Any]:

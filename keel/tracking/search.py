@@ -81,6 +81,8 @@ ATTRIBUTES: dict[str, AttributeType] = {
     "lifecycle_stage": AttributeType.TEXT,
 }
 _ATTRIBUTE_ALIASES = {"user_id": "user", "created": "start_time"}  # MLflow spellings
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 
 _PREFIXES = {
     "metric": Kind.METRIC,
@@ -588,6 +590,15 @@ def _check_attribute(parser: _Parser, comparison: Comparison, op_position: int) 
             converted.append(value)
             continue
         converted.append(_convert_attribute_string(parser, target.key, kind, value))
+    # the columns are 64-bit integers (experiment_id 32-bit): a literal beyond them is a typo
+    # the database would reject with an overflow
+    limit = _INT32_MAX if kind is AttributeType.INTEGER else _INT64_MAX
+    for number in converted:
+        if abs(number.value) > limit:
+            raise parser.error(
+                f"{target.key} {number.text} is out of range (at most {limit:,} in size)",
+                number.position,
+            )
     return Comparison(target, op, tuple(converted))
 
 

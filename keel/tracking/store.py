@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keel.db import schema
@@ -436,14 +436,23 @@ class TrackingStore(MetricsStore):
     def heartbeat_run(self, run_id: str) -> None:
         """Record that a run's process is alive (a remote caller's heartbeat).
 
+        A run marked LOST while its caller was cut off comes back to RUNNING: the heartbeat
+        proves its process lives.
+
         Raises:
             NotFound: no such run.
         """
+        r = schema.runs
+        revived = r.c.status == RunStatus.LOST.value
         with self._write() as conn, conn.begin():
             count = conn.execute(
-                update(schema.runs)
-                .where(schema.runs.c.run_id == run_id)
-                .values(heartbeat_at=now_ms())
+                update(r)
+                .where(r.c.run_id == run_id)
+                .values(
+                    heartbeat_at=now_ms(),
+                    status=case((revived, RunStatus.RUNNING.value), else_=r.c.status),
+                    end_time=case((revived, None), else_=r.c.end_time),
+                )
             ).rowcount
         if not count:
             raise NotFound(f"no run with id {run_id!r}", run_id=run_id)

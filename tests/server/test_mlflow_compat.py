@@ -378,7 +378,8 @@ def test_writes_keep_an_mlflow_run_alive(
                 client.log_metric(run_id, "loss", 1.0, step=step)
                 assert keel_client.mark_lost_runs() == []
             time.sleep(0.8)
-            assert keel_client.mark_lost_runs() == [run_id]
+            keel_client.mark_lost_runs()  # the server's own watcher may have marked it first
+            assert keel_client.get_run(run_id).status.value == "LOST"
             assert client.get_run(run_id).info.status == "FAILED"  # MLflow has no LOST
             client.set_terminated(run_id)
             assert keel_client.get_run(run_id).status.value == "FINISHED"

@@ -347,3 +347,17 @@ def test_mlflow_filters_parse(text: str) -> None:
 @pytest.mark.parametrize("clause", MLFLOW_ORDER_BY)
 def test_mlflow_order_by_parses(clause: str) -> None:
     assert len(parse_order_by([clause])) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "caret"),
+    [
+        ("start_time > 100000000000000000000000", 13),
+        ("duration < '200000000000000d'", 11),
+        ("attributes.experiment_id = 99999999999", 27),
+    ],
+)
+def test_integer_attributes_reject_out_of_range_literals(text: str, caret: int) -> None:
+    with pytest.raises(InvalidQuery, match="out of range") as info:
+        parse_filter(text)
+    assert info.value.context["position"] == caret
