@@ -44,6 +44,7 @@ __all__ = [
     "set_experiment",
     "set_tag",
     "set_tags",
+    "set_tracking_uri",
     "start_run",
 ]
 
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
         set_experiment,
         set_tag,
         set_tags,
+        set_tracking_uri,
         start_run,
     )
 

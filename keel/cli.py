@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     ),
     "runs": ("keel.tracking.cli:runs", "List, show, search, compare, export and delete runs."),
     "server": ("keel.server.cli:server", "Serve the REST API over HTTP (uvicorn, N workers)."),
+    "sync": ("keel.tracking.sync_cli:sync", "Send metric points saved offline to the server."),
 }
 
 

@@ -94,6 +94,18 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a RUNNING run on another host is "
         "marked LOST (runs on this host are checked by process id at once).",
     )
+    remote_flush_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds end_run waits for a keel server (tracking_uri) to take a run's "
+        "metric points before saving the rest in <home>/outbox for `keel sync`.",
+    )
+    remote_max_buffered_points: int = Field(
+        default=100_000,
+        gt=0,
+        description="Metric points held in memory while a keel server cannot be reached; older "
+        "points are written to <home>/outbox beyond it.",
+    )
     capture_source: bool = Field(
         default=True,
         description="Record git commit, branch, dirty diff, entry point and installed packages "

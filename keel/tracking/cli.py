@@ -18,6 +18,7 @@ import click
 from keel.errors import InvalidInput, NotFound
 from keel.tracking.api import Client
 from keel.tracking.models import Experiment, Run, RunStatus
+from keel.tracking.remote import TrackingClient, connect
 
 __all__ = ["experiments", "runs"]
 
@@ -32,8 +33,8 @@ _STATUS_STYLE = {
 _MAX_DYNAMIC_COLUMNS = 8
 
 
-def _client() -> Client:
-    return Client()
+def _client() -> TrackingClient:
+    return connect()
 
 
 def _console() -> Any:
@@ -87,11 +88,11 @@ def _run_dict(run: Run) -> dict[str, Any]:
     return data
 
 
-def _resolve_runs(client: Client, prefixes: Sequence[str]) -> list[str]:
+def _resolve_runs(client: TrackingClient, prefixes: Sequence[str]) -> list[str]:
     return [client.resolve_run_id(p) for p in prefixes]
 
 
-def _experiment_ids(client: Client, names: Sequence[str]) -> list[int] | None:
+def _experiment_ids(client: TrackingClient, names: Sequence[str]) -> list[int] | None:
     return [client.resolve_experiment(n).experiment_id for n in names] if names else None
 
 

@@ -24,6 +24,7 @@ from keel.errors import InvalidInput, KeelError
 from keel.settings import Settings, environment_key
 from keel.tracking.api import DEFAULT_EXPERIMENT, Client, flush_all_clients
 from keel.tracking.models import ArtifactEntry, Experiment, Metric, Run, RunStatus
+from keel.tracking.remote import TrackingClient, connect
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,6 +52,7 @@ __all__ = [
     "set_experiment",
     "set_tag",
     "set_tags",
+    "set_tracking_uri",
     "start_run",
 ]
 
@@ -58,7 +60,7 @@ __all__ = [
 class ActiveRun:
     """A run started by :func:`start_run`; a context manager that ends it on exit."""
 
-    def __init__(self, client: Client, run: Run) -> None:
+    def __init__(self, client: TrackingClient, run: Run) -> None:
         self.client = client
         self.run = run
         self.run_id = run.run_id
@@ -95,22 +97,23 @@ class ActiveRun:
 
 _runs: ContextVar[tuple[ActiveRun, ...]] = ContextVar("keel_active_runs", default=())
 _experiment: ContextVar[Experiment | None] = ContextVar("keel_experiment", default=None)
-_client: ContextVar[Client | None] = ContextVar("keel_client", default=None)
-_cache: dict[tuple[str, str], Client] = {}  # one client per store
-_by_environment: dict[Any, Client] = {}  # (cwd, KEEL_* variables) -> its store's client
+_client: ContextVar[TrackingClient | None] = ContextVar("keel_client", default=None)
+_cache: dict[tuple[str, str], TrackingClient] = {}  # one client per store or server
+_by_environment: dict[Any, TrackingClient] = {}  # (cwd, KEEL_* variables) -> its store's client
 _cache_lock = threading.Lock()
 _open: dict[str, ActiveRun] = {}  # every unended fluent run, for the exit handler
 _exit_status: list[RunStatus] = []
 
 
-def set_client(client: Client | None) -> None:
+def set_client(client: TrackingClient | None) -> None:
     """Make ``client`` the one the fluent functions use in this context (None: the default)."""
     _client.set(client)
     _experiment.set(None)
 
 
-def get_client() -> Client:
-    """The client the fluent functions use: the one set, else one built from ``Settings()``."""
+def get_client() -> TrackingClient:
+    """The client the fluent functions use: the one set, else one built from ``Settings()``
+    (a :class:`~keel.tracking.remote.RemoteClient` when ``tracking_uri`` is set)."""
     client = _client.get()
     if client is not None:
         return client
@@ -119,23 +122,44 @@ def get_client() -> Client:
     if client is not None:
         return client
     settings = Settings()
-    key = (settings.db_url, settings.artifacts_url)
+    key = (settings.tracking_uri or settings.db_url, settings.artifacts_url)
     with _cache_lock:
         client = _cache.get(key)
         if client is None:
-            client = _cache[key] = Client(settings)
+            client = _cache[key] = connect(settings)
         _by_environment[environment] = client
     return client
 
 
-def _current_experiment(client: Client) -> Experiment:
+def set_tracking_uri(uri: str | None) -> None:
+    """Send the fluent functions to the keel server at ``uri`` in this context (None: back to
+    the default, ``KEEL_TRACKING_URI`` or the local store).
+
+    Example:
+        >>> keel.set_tracking_uri("http://127.0.0.1:5000")
+    """
+    if uri is None:
+        set_client(None)
+        return
+    settings = Settings(tracking_uri=uri)
+    key = (uri, settings.artifacts_url)
+    with _cache_lock:
+        client = _cache.get(key)
+        if client is None:
+            client = _cache[key] = connect(settings)
+    set_client(client)
+
+
+def _current_experiment(client: TrackingClient) -> Experiment:
     experiment = _experiment.get()
     if experiment is None or _experiment_client.get() is not client:
         experiment = client.get_or_create_experiment(DEFAULT_EXPERIMENT)
     return experiment
 
 
-_experiment_client: ContextVar[Client | None] = ContextVar("keel_experiment_client", default=None)
+_experiment_client: ContextVar[TrackingClient | None] = ContextVar(
+    "keel_experiment_client", default=None
+)
 
 
 def set_experiment(name: str) -> Experiment:
@@ -278,7 +302,7 @@ def log_table(data: Any, artifact_file: str) -> ArtifactEntry:
     return active.client.log_table(active.run_id, data, artifact_file)
 
 
-def _client_for_reads() -> Client:
+def _client_for_reads() -> TrackingClient:
     stack = _runs.get()
     return stack[-1].client if stack else get_client()
 

@@ -40,6 +40,7 @@ __all__ = [
     "RunOut",
     "RunPage",
     "RunPageOut",
+    "RunRename",
     "RunSearch",
     "RunStatus",
     "RunUpdate",
@@ -242,6 +243,12 @@ class RunUpdate(BaseModel):
     end_time: Millis | None = Field(
         default=None, description="when the run ended (default: now, on the server's clock)"
     )
+
+
+class RunRename(BaseModel):
+    model_config = _REQUEST
+
+    run_name: Name
 
 
 class RunOut(Run):

@@ -20,6 +20,7 @@ from keel.tracking.models import (
     RunCreate,
     RunOut,
     RunPageOut,
+    RunRename,
     RunSearch,
     RunUpdate,
     TagsSet,
@@ -94,6 +95,12 @@ def end_run(run_id: RunIdPath, body: RunUpdate, client: ClientDep) -> RunOut:
     """End a run with a final status (FINISHED, FAILED or KILLED); its end time is now."""
     client.end_run(run_id, status=body.status, end_time=body.end_time)
     return _out(client.get_run(run_id))
+
+
+@router.put("/{run_id}/name")
+def rename_run(run_id: RunIdPath, body: RunRename, client: ClientDep) -> RunOut:
+    """Give a run another name (names need not be unique)."""
+    return _out(client.rename_run(run_id, body.run_name))
 
 
 @router.delete("/{run_id}", status_code=204, response_class=Response)
