@@ -7,9 +7,11 @@ the points wait in the outbox and ``keel sync`` delivers them, each exactly once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -227,3 +230,71 @@ def test_server_killed_mid_run_loses_nothing(
         history = store.get_metric_history(run.run_id, "loss")
         assert sorted(p.step for p in history) == list(range(6_000))  # each exactly once
         assert store.get_run(run.run_id).status is RunStatus.FINISHED
+
+
+class DroppingProxy:
+    """A loopback TCP proxy that can swallow the server's next answer and cut the connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.drop_next_answer = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(
+                target=self._pump, args=(downstream, upstream, False), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, downstream, True), daemon=True
+            ).start()
+
+    def _pump(self, source: Any, sink: Any, answers: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if answers and self.drop_next_answer.is_set():
+                    self.drop_next_answer.clear()
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):  # shutdown wakes the other pump's recv; close alone would not
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_answer_lost_in_transit_is_retried_and_stored_once(home: Path, server: Server) -> None:
+    proxy = DroppingProxy(server.port)
+    client = RemoteClient(Settings(tracking_uri=proxy.url))
+    try:
+        run = client.create_run(
+            client.get_or_create_experiment("lossy").experiment_id, capture_source=False
+        )
+        for step in range(3_000):
+            client.log_metric(run.run_id, "loss", float(step), step=step)
+        proxy.drop_next_answer.set()  # the server stores the batch, its answer never arrives
+        client.flush()
+        assert not proxy.drop_next_answer.is_set()
+        history = client.get_metric_history(run.run_id, "loss")
+        assert sorted(p.step for p in history) == list(range(3_000))
+        client.end_run(run.run_id)
+    finally:
+        client.close()
+        proxy.close()
