@@ -21,7 +21,10 @@ PG_ADMIN_URL = os.environ.get(
     "KEEL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
-_TABLES = "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts"
+_TABLES = (
+    "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts, "
+    "write_batches"
+)
 
 
 def _pg_admin():  # type: ignore[no-untyped-def]
