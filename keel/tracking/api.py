@@ -23,6 +23,13 @@ from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
 from keel.tracking.api_artifacts import ArtifactMethods
 from keel.tracking.buffer import MetricBuffer
+from keel.tracking.inputs import (
+    MAX_RESULTS,
+    batch_points,
+    collect_pages,
+    metric_point,
+    metric_points,
+)
 from keel.tracking.liveness import HOST, lost_runs
 from keel.tracking.models import (
     Experiment,
@@ -35,7 +42,7 @@ from keel.tracking.models import (
 )
 from keel.tracking.source import capture_source as capture_source_info
 from keel.tracking.source import current_user
-from keel.tracking.store import MetricCurve, PointTuple, TrackingStore, check_key, now_ms
+from keel.tracking.store import MetricCurve, PointTuple, TrackingStore, now_ms
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,20 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_EXPERIMENT", "Client"]
 
 DEFAULT_EXPERIMENT = "Default"
-MAX_RESULTS = 50_000
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _as_float(key: str, value: Any) -> float:
-    if type(value) is float:
-        return value
-    if isinstance(value, bool) or (
-        not isinstance(value, int | float) and not hasattr(value, "__float__")
-    ):
-        raise InvalidInput(
-            f"metric {key!r} must be a number, got {type(value).__name__} {value!r}", key=key
-        )
-    return float(value)
 
 
 class Client(ArtifactMethods):
@@ -329,18 +323,8 @@ class Client(ArtifactMethods):
         step: int | None = None,
         timestamp: int | None = None,
     ) -> None:
-        """Buffer one metric point (no database round trip)."""
-        if type(key) is not str or not key or len(key) > 250:
-            check_key(key, what="metric")
-        self._buffer.add(
-            (
-                run_id,
-                key,
-                value if type(value) is float else _as_float(key, value),
-                0 if step is None else int(step),
-                now_ms() if timestamp is None else int(timestamp),
-            )
-        )
+        """Buffer one metric point (no round trip; a background thread writes batches)."""
+        self._buffer.add(metric_point(run_id, key, value, step, timestamp))
 
     def log_metrics(
         self,
@@ -351,20 +335,7 @@ class Client(ArtifactMethods):
         timestamp: int | None = None,
     ) -> None:
         """Buffer several metric points sharing one step and timestamp."""
-        ts = now_ms() if timestamp is None else int(timestamp)
-        st = 0 if step is None else int(step)
-        # fast path: str keys of valid length and float values, checked in one comprehension
-        points: list[PointTuple] = [
-            (run_id, key, value, st, ts)
-            for key, value in metrics.items()
-            if type(value) is float and type(key) is str and 0 < len(key) <= 250
-        ]
-        if len(points) != len(metrics):
-            points = []
-            for key, value in metrics.items():
-                check_key(key, what="metric")
-                points.append((run_id, key, _as_float(key, value), st, ts))
-        self._buffer.extend(points)
+        self._buffer.extend(metric_points(run_id, metrics, step, timestamp))
 
     def log_batch(
         self,
@@ -378,26 +349,12 @@ class Client(ArtifactMethods):
 
         Metrics are buffered like :meth:`log_metric`; params and tags are written at once.
         Each metric is a :class:`Metric` or a ``(key, value, step, timestamp)`` tuple.
-
-        Example:
-            >>> client.log_batch(run_id, metrics=[("loss", 0.5, step, ts) for step, ts in ...])
         """
         if params:
-            self.store.log_params(run_id, params)
+            self.log_params(run_id, params)
         if tags:
-            self.store.set_tags(run_id, tags)
-        points: list[PointTuple] = []
-        for item in metrics:
-            if isinstance(item, Metric):
-                key, value, step, ts = item.key, item.value, item.step, item.timestamp
-            else:
-                key, value, step, ts = item
-            if type(key) is not str or not key or len(key) > 250:
-                check_key(key, what="metric")
-            if type(value) is not float:
-                value = _as_float(key, value)
-            points.append((run_id, key, value, int(step), int(ts)))
-        self._buffer.extend(points)
+            self.set_tags(run_id, tags)
+        self._buffer.extend(batch_points(run_id, metrics))
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         """Every (step, timestamp, value) logged for ``key``, in step order."""
@@ -483,24 +440,18 @@ class Client(ArtifactMethods):
         lifecycle: Literal["active", "deleted", "all"] = "active",
     ) -> list[Run]:
         """Up to ``max_results`` runs, following page tokens as needed."""
-        runs: list[Run] = []
-        token = None
-        while len(runs) < max_results:
-            page = self.search_runs(
+        return collect_pages(
+            lambda size, token: self.search_runs(
                 filter_string,
                 order_by=order_by,
                 experiment_ids=experiment_ids,
-                max_results=min(max_results - len(runs), MAX_RESULTS),
+                max_results=size,
                 page_token=token,
                 lifecycle=lifecycle,
-            )
-            runs.extend(page.runs)
-            token = page.next_page_token
-            if token is None:
-                break
-        return runs
+            ),
+            max_results,
+        )
 
-    # -- tables ---------------------------------------------------------------------------
     @staticmethod
     def runs_to_frame(runs: Sequence[Run]) -> pd.DataFrame:
         """Runs as a DataFrame with MLflow's columns: run_id, ..., params.x, metrics.y, tags.z."""

@@ -7,14 +7,14 @@ a run, list them and read them back (every read verified against the content has
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from keel.artifacts import ArtifactStore, BlobReader
-from keel.errors import InvalidInput, MissingExtra, NotFound
+from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
+from keel.tracking.inputs import dict_bytes, figure_bytes, table_bytes
 from keel.tracking.models import ArtifactEntry
 from keel.tracking.store import TrackingStore
 
@@ -78,41 +78,15 @@ class ArtifactMethods:
 
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
         """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
-        if artifact_file.endswith((".yaml", ".yml")):
-            import yaml
-
-            text = yaml.safe_dump(dict(data), sort_keys=False)
-        else:
-            text = json.dumps(data, indent=2, default=str)
-        return self.log_text(run_id, text, artifact_file)
+        return self.log_bytes(run_id, dict_bytes(data, artifact_file), artifact_file)
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
         """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
-        import io
-
-        suffix = Path(artifact_file).suffix.lstrip(".").lower() or "png"
-        if not hasattr(figure, "savefig"):
-            raise InvalidInput(f"log_figure needs a matplotlib Figure, got {type(figure).__name__}")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+        return self.log_bytes(run_id, figure_bytes(figure, artifact_file), artifact_file)
 
     def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
         """Store a pandas DataFrame (or a dict of columns) as Parquet."""
-        if not artifact_file.endswith(".parquet"):
-            raise InvalidInput(
-                f"log_table writes Parquet; name the file *.parquet, not {artifact_file!r}"
-            )
-        import io
-
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a core dependency
-            raise MissingExtra("pandas", extra="sklearn") from exc
-        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+        return self.log_bytes(run_id, table_bytes(data, artifact_file), artifact_file)
 
     def log_stream(
         self,

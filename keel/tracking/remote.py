@@ -19,7 +19,14 @@ from urllib.parse import quote
 
 from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound
 from keel.settings import Settings
-from keel.tracking.api import MAX_RESULTS, Client, _as_float
+from keel.tracking.api import Client
+from keel.tracking.inputs import (
+    MAX_RESULTS,
+    batch_points,
+    collect_pages,
+    metric_point,
+    metric_points,
+)
 from keel.tracking.liveness import HOST
 from keel.tracking.models import (
     Experiment,
@@ -375,18 +382,8 @@ class RemoteClient(RemoteArtifactMethods):
         step: int | None = None,
         timestamp: int | None = None,
     ) -> None:
-        """Buffer one metric point; the sender thread delivers it in a batch."""
-        if type(key) is not str or not key or len(key) > 250:
-            check_key(key, what="metric")
-        self._sender.add(
-            (
-                run_id,
-                key,
-                value if type(value) is float else _as_float(key, value),
-                0 if step is None else int(step),
-                now_ms() if timestamp is None else int(timestamp),
-            )
-        )
+        """Buffer one metric point (no round trip; a background thread writes batches)."""
+        self._sender.add(metric_point(run_id, key, value, step, timestamp))
 
     def log_metrics(
         self,
@@ -397,16 +394,7 @@ class RemoteClient(RemoteArtifactMethods):
         timestamp: int | None = None,
     ) -> None:
         """Buffer several metric points sharing one step and timestamp."""
-        ts = now_ms() if timestamp is None else int(timestamp)
-        st = 0 if step is None else int(step)
-        points: list[PointTuple] = []
-        for key, value in metrics.items():
-            if type(key) is not str or not key or len(key) > 250:
-                check_key(key, what="metric")
-            points.append(
-                (run_id, key, value if type(value) is float else _as_float(key, value), st, ts)
-            )
-        self._sender.extend(points)
+        self._sender.extend(metric_points(run_id, metrics, step, timestamp))
 
     def log_batch(
         self,
@@ -416,23 +404,16 @@ class RemoteClient(RemoteArtifactMethods):
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        """Log many metric points, params and tags; points are buffered, the rest sent now."""
+        """Log many metric points (any keys, any steps), params and tags in one call.
+
+        Metrics are buffered like :meth:`log_metric`; params and tags are written at once.
+        Each metric is a :class:`Metric` or a ``(key, value, step, timestamp)`` tuple.
+        """
         if params:
             self.log_params(run_id, params)
         if tags:
             self.set_tags(run_id, tags)
-        points: list[PointTuple] = []
-        for item in metrics:
-            if isinstance(item, Metric):
-                key, value, step, ts = item.key, item.value, item.step, item.timestamp
-            else:
-                key, value, step, ts = item
-            if type(key) is not str or not key or len(key) > 250:
-                check_key(key, what="metric")
-            if type(value) is not float:
-                value = _as_float(key, value)
-            points.append((run_id, key, value, int(step), int(ts)))
-        self._sender.extend(points)
+        self._sender.extend(batch_points(run_id, metrics))
 
     def write_metric_points(
         self, points: Sequence[PointTuple], *, batch_id: str | None = None
@@ -523,25 +504,19 @@ class RemoteClient(RemoteArtifactMethods):
         lifecycle: Literal["active", "deleted", "all"] = "active",
     ) -> list[Run]:
         """Up to ``max_results`` runs, following page tokens as needed."""
-        runs: list[Run] = []
-        token = None
-        while len(runs) < max_results:
-            page = self.search_runs(
+        return collect_pages(
+            lambda size, token: self.search_runs(
                 filter_string,
                 order_by=order_by,
                 experiment_ids=experiment_ids,
-                max_results=min(max_results - len(runs), MAX_RESULTS),
+                max_results=size,
                 page_token=token,
                 lifecycle=lifecycle,
-            )
-            runs.extend(page.runs)
-            token = page.next_page_token
-            if token is None:
-                break
-        return runs
+            ),
+            max_results,
+        )
 
 
-#: Either client: what :func:`connect` returns and the fluent API and CLI work with.
 TrackingClient = Client | RemoteClient
 
 

@@ -8,7 +8,6 @@ in transit; every download is hashed as it arrives and compared with the digest 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from urllib.parse import quote
 
 import blake3
 
-from keel.errors import InvalidInput, MissingExtra, NotFound, StorageError
+from keel.errors import InvalidInput, NotFound, StorageError
+from keel.tracking.inputs import dict_bytes, figure_bytes, table_bytes
 from keel.tracking.models import ArtifactEntry, ArtifactList
 from keel.tracking.remote_http import HttpApi, error_from
 
@@ -109,38 +109,16 @@ class RemoteArtifactMethods:
         return self.log_bytes(run_id, text.encode("utf-8"), artifact_file)
 
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
-        """Upload ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
-        if artifact_file.endswith((".yaml", ".yml")):
-            import yaml
-
-            text = yaml.safe_dump(dict(data), sort_keys=False)
-        else:
-            text = json.dumps(data, indent=2, default=str)
-        return self.log_text(run_id, text, artifact_file)
+        """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
+        return self.log_bytes(run_id, dict_bytes(data, artifact_file), artifact_file)
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
-        """Upload a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
-        suffix = Path(artifact_file).suffix.lstrip(".").lower() or "png"
-        if not hasattr(figure, "savefig"):
-            raise InvalidInput(f"log_figure needs a matplotlib Figure, got {type(figure).__name__}")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+        """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
+        return self.log_bytes(run_id, figure_bytes(figure, artifact_file), artifact_file)
 
     def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
-        """Upload a pandas DataFrame (or a dict of columns) as Parquet."""
-        if not artifact_file.endswith(".parquet"):
-            raise InvalidInput(
-                f"log_table writes Parquet; name the file *.parquet, not {artifact_file!r}"
-            )
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a core dependency
-            raise MissingExtra("pandas", extra="sklearn") from exc
-        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        return self.log_bytes(run_id, buffer.getvalue(), artifact_file)
+        """Store a pandas DataFrame (or a dict of columns) as Parquet."""
+        return self.log_bytes(run_id, table_bytes(data, artifact_file), artifact_file)
 
     def list_artifacts(self, run_id: str, path: str = "") -> list[ArtifactEntry]:
         """Every artifact file of the run under ``path`` (directories expanded)."""
