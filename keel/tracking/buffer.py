@@ -16,7 +16,7 @@ from collections.abc import Callable
 from keel.errors import KeelError, NotFound, StorageError
 from keel.tracking.store import PointTuple, TrackingStore
 
-__all__ = ["MetricBuffer"]
+__all__ = ["BATCH_POINTS", "MAX_PENDING", "MetricBuffer", "PointIntake"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,49 @@ BATCH_POINTS = 20_000
 MAX_PENDING = 200_000
 
 
-class MetricBuffer:
+class PointIntake:
+    """The front both metric queues share: append under a lock, wake the writer thread once
+    ``_size`` points wait, and let the subclass bound memory in :meth:`_overflow`."""
+
+    _size: int
+    _points: list[PointTuple]
+    _lock: threading.Lock
+    _wake: threading.Event
+    _thread: threading.Thread | None
+
+    def add(self, point: PointTuple) -> None:
+        with self._lock:
+            self._points.append(point)
+            pending = len(self._points)
+        if pending >= self._size:
+            self._full(pending)
+        elif self._thread is None:
+            self.start()
+
+    def extend(self, points: list[PointTuple]) -> None:
+        with self._lock:
+            self._points.extend(points)
+            pending = len(self._points)
+        if pending >= self._size:
+            self._full(pending)
+        elif self._thread is None:
+            self.start()
+
+    def _full(self, pending: int) -> None:
+        if self._thread is None:
+            self.start()
+        if not self._wake.is_set():  # set() takes a lock: once per wake-up, not per point
+            self._wake.set()
+        self._overflow(pending)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _overflow(self, pending: int) -> None:
+        """Called with the number of waiting points each time the size threshold is passed."""
+
+
+class MetricBuffer(PointIntake):
     def __init__(
         self,
         store: TrackingStore,
@@ -51,29 +93,7 @@ class MetricBuffer:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def add(self, point: PointTuple) -> None:
-        with self._lock:
-            self._points.append(point)
-            pending = len(self._points)
-        if pending >= self._size:
-            self._pressure(pending)
-        elif self._thread is None:
-            self._start()
-
-    def extend(self, points: list[PointTuple]) -> None:
-        with self._lock:
-            self._points.extend(points)
-            pending = len(self._points)
-        if pending >= self._size:
-            self._pressure(pending)
-        elif self._thread is None:
-            self._start()
-
-    def _pressure(self, pending: int) -> None:
-        if self._thread is None:
-            self._start()
-        if not self._wake.is_set():  # set() takes a lock: once per wake-up, not per point
-            self._wake.set()
+    def _overflow(self, pending: int) -> None:
         if pending >= MAX_PENDING:
             self.flush()
 
@@ -126,7 +146,7 @@ class MetricBuffer:
     def start_heartbeats(self) -> None:
         """Make sure the background thread runs (it also sends heartbeats)."""
         if self._thread is None:
-            self._start()
+            self.start()
 
     def close(self) -> None:
         self._stop.set()
@@ -135,7 +155,7 @@ class MetricBuffer:
             self._thread.join(timeout=5)
         self.flush()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         with self._lock:
             if self._thread is not None:
                 return

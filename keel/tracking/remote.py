@@ -73,6 +73,7 @@ class RemoteClient(RemoteArtifactMethods):
         self.settings = settings or Settings()
         if not self.settings.tracking_uri:
             raise InvalidInput("RemoteClient needs settings.tracking_uri (KEEL_TRACKING_URI)")
+        self._closed = False
         self.tracking_uri = self.settings.tracking_uri.rstrip("/")
         self._api = HttpApi(self.tracking_uri)
         self._open_runs: dict[str, None] = {}
@@ -113,7 +114,13 @@ class RemoteClient(RemoteArtifactMethods):
             self._sender.flush(timeout)
 
     def close(self) -> None:
-        """Deliver what is pending (saving the rest to the outbox), stop the sender thread."""
+        """Deliver what is pending (saving the rest to the outbox), stop the sender thread.
+
+        Closing twice is harmless: the second call does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
         self._sender.close()
         self._finish_delivery(what="at close")
         self._api.close()

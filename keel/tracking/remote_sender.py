@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keel.errors import KeelError, NotFound
+from keel.tracking.buffer import PointIntake
 from keel.tracking.models import MAX_METRIC_BATCH
 from keel.tracking.remote_http import HttpApi, is_unreachable
 from keel.tracking.store import PointTuple
@@ -138,7 +139,7 @@ def read_entry(path: Path) -> tuple[str, Entry]:
     return str(data["tracking_uri"]), entry
 
 
-class MetricSender:
+class MetricSender(PointIntake):
     """Buffers points, sends them in batches from a thread, spills to the outbox when offline."""
 
     def __init__(
@@ -176,29 +177,7 @@ class MetricSender:
         self.rejected = 0  # points the server refused with a 4xx (reported, then dropped)
 
     # -- buffering ------------------------------------------------------------------------
-    def add(self, point: PointTuple) -> None:
-        with self._lock:
-            self._points.append(point)
-            pending = len(self._points)
-        if pending >= self._size:
-            self._pressure(pending)
-        elif self._thread is None:
-            self.start()
-
-    def extend(self, points: list[PointTuple]) -> None:
-        with self._lock:
-            self._points.extend(points)
-            pending = len(self._points)
-        if pending >= self._size:
-            self._pressure(pending)
-        elif self._thread is None:
-            self.start()
-
-    def _pressure(self, pending: int) -> None:
-        if self._thread is None:
-            self.start()
-        if not self._wake.is_set():
-            self._wake.set()
+    def _overflow(self, pending: int) -> None:
         if pending + self._in_memory > self._max_points:
             self._cut()
 
@@ -394,7 +373,9 @@ def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
 
     A file the server takes is deleted; one it refuses (a 4xx) moves to ``outbox/rejected/``;
     once a server cannot be reached, its remaining files stay for the next sync. Batch ids make
-    a file that was delivered before (a crash between delivery and deletion) harmless.
+    a file that was delivered before (a crash between delivery and deletion) harmless, and a
+    sync may run while the logging process still delivers its own outbox: a file that vanishes
+    under it was delivered by that process.
 
     Args:
         tracking_uri: send every file to this server instead of the one it names.
@@ -404,7 +385,12 @@ def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
     apis: dict[str, HttpApi] = {}
     try:
         for path in files:
-            uri, entry = read_entry(path)
+            try:
+                uri, entry = read_entry(path)
+            except FileNotFoundError:
+                # the logging process is still running and delivered this file itself
+                # between our listing and our read: nothing left to do for it
+                continue
             uri = (tracking_uri or uri).rstrip("/")
             if uri in report.waiting:
                 report.left.append(path)
@@ -427,7 +413,10 @@ def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
                     continue
                 rejected = outbox / "rejected"
                 rejected.mkdir(exist_ok=True)
-                path.replace(rejected / path.name)
+                try:
+                    path.replace(rejected / path.name)
+                except FileNotFoundError:
+                    continue  # taken care of by the logging process meanwhile
                 report.rejected.append((rejected / path.name, str(exc)))
                 continue
             path.unlink(missing_ok=True)

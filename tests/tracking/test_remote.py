@@ -215,11 +215,16 @@ def test_server_killed_mid_run_loses_nothing(
         assert "keel sync" in message
         outbox = home / "outbox"
         assert outbox.is_dir() and len(list(outbox.glob("*.json"))) >= 2
+        client.close()  # the training process exits; only `keel sync` delivers from here on
+        assert len(list(outbox.glob("*.json"))) >= 2
+        # a file listed but gone when read (delivered meanwhile by a process still running)
+        (outbox / "0-delivered-meanwhile.json").symlink_to(outbox / "no-such-file.json")
 
         server.start()
         synced = CliRunner().invoke(keel_cli, ["sync"])
         assert synced.exit_code == 0, synced.output
         assert "Delivered 5000 metric points" in synced.output
+        (outbox / "0-delivered-meanwhile.json").unlink()
         assert not list(outbox.glob("*.json"))
         again = CliRunner().invoke(keel_cli, ["sync"])
         assert "Delivered 0 metric points" in again.output
