@@ -132,7 +132,15 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # a path the user named: a missing folder, a file where one is needed
+        click.secho(
+            f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), fg="red", err=True
+        )
+        sys.exit(1)
     except Exception as exc:
+        if _is_settings_error(exc):
+            click.secho(f"Error: invalid setting: {_settings_message(exc)}", fg="red", err=True)
+            sys.exit(1)
         if "sqlalchemy" not in sys.modules:
             raise
         from sqlalchemy.exc import SQLAlchemyError
@@ -141,9 +149,21 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         reason = getattr(exc, "orig", None) or exc
         click.secho(
-            f"Error: the database refused the request: {reason}. The store may be damaged or "
-            "written by another Keel version; `keel config` shows which database is in use.",
+            f"Error: the database refused the request: {reason}. `keel config` shows which "
+            "database is in use (a damaged store or another Keel version's can cause this).",
             fg="red",
             err=True,
         )
         sys.exit(1)
+
+
+def _is_settings_error(exc: Exception) -> bool:
+    return type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic")
+
+
+def _settings_message(exc: Any) -> str:
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error.get("loc", ()))
+        problems.append(f"KEEL_{name.upper()}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or str(exc)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
 
 __all__ = ["is_sqlite", "make_engine", "write_options"]
 
@@ -53,9 +54,12 @@ def make_engine(url: str, *, busy_timeout: float = 60.0) -> Engine:
     database = parsed.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    in_memory = not database or database == ":memory:"
     engine = create_engine(
         parsed,
         connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        # one connection for an in-memory database: each new one would be a new, empty database
+        **({"poolclass": StaticPool} if in_memory else {}),
     )
     timeout_ms = int(busy_timeout * 1000)
 

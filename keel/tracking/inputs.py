@@ -46,19 +46,31 @@ def as_float(key: str, value: Any) -> float:
     return float(value)
 
 
+_INT64 = 2**63 - 1
+
+
+def _int64(what: str, value: Any) -> int:
+    """``value`` as an integer the database's 64-bit columns hold (a step, a timestamp)."""
+    number = int(value)
+    if not -_INT64 <= number <= _INT64:
+        raise InvalidInput(f"metric {what} {number} is out of range (at most 2**63 - 1 in size)")
+    return number
+
+
 def metric_point(
     run_id: str, key: str, value: Any, step: int | None, timestamp: int | None
 ) -> PointTuple:
     """One checked point (the hot path of ``log_metric``: a few type checks, no allocation
-    beyond the tuple)."""
-    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+    beyond the tuple). A point that would fail to store is refused here, before it is buffered,
+    so it can never hold up the points behind it."""
+    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
         check_key(key, what="metric")
     return (
         run_id,
         key,
         value if type(value) is float else as_float(key, value),
-        0 if step is None else int(step),
-        now_ms() if timestamp is None else int(timestamp),
+        0 if step is None else _int64("step", step),
+        now_ms() if timestamp is None else _int64("timestamp", timestamp),
     )
 
 
@@ -66,13 +78,16 @@ def metric_points(
     run_id: str, metrics: Mapping[str, Any], step: int | None, timestamp: int | None
 ) -> list[PointTuple]:
     """Checked points sharing one step and timestamp (``log_metrics``)."""
-    ts = now_ms() if timestamp is None else int(timestamp)
-    st = 0 if step is None else int(step)
+    ts = now_ms() if timestamp is None else _int64("timestamp", timestamp)
+    st = 0 if step is None else _int64("step", step)
     # fast path: str keys of valid length and float values, checked in one comprehension
     points = [
         (run_id, key, value, st, ts)
         for key, value in metrics.items()
-        if type(value) is float and type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH
+        if type(value) is float
+        and type(key) is str
+        and 0 < len(key) <= MAX_KEY_LENGTH
+        and "\x00" not in key
     ]
     if len(points) != len(metrics):
         points = []

@@ -67,6 +67,8 @@ def check_key(key: object, *, what: str) -> str:
             f"{what} key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LENGTH}",
             key=key[:MAX_KEY_LENGTH],
         )
+    if "\x00" in key:
+        raise InvalidInput(f"{what} key {key!r} contains a NUL character", key=repr(key))
     return key
 
 

@@ -44,3 +44,24 @@ def test_a_blocked_write_keeps_every_point_for_the_retry(home: Path) -> None:
     client.end_run(run.run_id)
     assert len(client.get_metric_history(run.run_id, "loss")) == BATCH_POINTS + 500
     client.close()
+
+
+def test_a_point_that_cannot_be_stored_is_refused_before_it_blocks_others(home: Path) -> None:
+    from keel.errors import InvalidInput
+
+    client = Client(Settings())
+    experiment_id = client.get_or_create_experiment("guard").experiment_id
+    bad, good = client.create_run(experiment_id), client.create_run(experiment_id)
+    with pytest.raises(InvalidInput, match="out of range"):
+        client.log_metric(bad.run_id, "x", 1.0, step=2**63)
+    with pytest.raises(InvalidInput, match="out of range"):
+        client.log_metrics(bad.run_id, {"x": 1.0}, timestamp=10**20)
+    with pytest.raises(InvalidInput, match="NUL"):
+        client.log_metric(bad.run_id, "x\x00y", 1.0)
+    with pytest.raises(InvalidInput, match="NUL"):
+        client.log_batch(bad.run_id, metrics=[("a\x00", 1.0, 0, 0)])
+    for step in range(100):
+        client.log_metric(good.run_id, "loss", 1.0, step=step)
+    client.end_run(good.run_id)
+    assert len(client.get_metric_history(good.run_id, "loss")) == 100
+    client.close()

@@ -361,3 +361,23 @@ def test_integer_attributes_reject_out_of_range_literals(text: str, caret: int) 
     with pytest.raises(InvalidQuery, match="out of range") as info:
         parse_filter(text)
     assert info.value.context["position"] == caret
+
+
+def test_filters_too_big_or_too_deep_to_plan_are_refused() -> None:
+    many = " and ".join(f"metrics.m{i} > 0" for i in range(101))
+    with pytest.raises(InvalidQuery, match="more than 100 comparisons"):
+        parse_filter(many)
+    parse_filter(" and ".join(f"metrics.m{i} > 0" for i in range(100)))
+    with pytest.raises(InvalidQuery, match="more than 100 deep"):
+        parse_filter("(" * 1500 + "metrics.x > 0" + ")" * 1500)
+    with pytest.raises(InvalidQuery, match="more than 100 deep"):
+        parse_filter("NOT " * 3000 + "metrics.x > 0")
+    with pytest.raises(InvalidQuery, match="NUL") as info:
+        parse_filter("params.a = 'x\x00'")
+    assert info.value.context["position"] == 13
+
+
+@pytest.mark.parametrize("literal", ["1e-99999", "1e999", "0." + "1" * 60])
+def test_numbers_beyond_a_double_are_refused(literal: str) -> None:
+    with pytest.raises(InvalidQuery, match="out of range"):
+        parse_filter(f"params.p > {literal}")
