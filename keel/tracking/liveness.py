@@ -64,7 +64,10 @@ def lost_runs(
     lost = []
     for run in running:
         if run.host == host and run.pid is not None:
-            gone = not process_alive(run.pid, started_before_ms=run.start_time)
+            # the run's own process started before its first heartbeat (the insert); a process
+            # that reused the pid started after the run's last heartbeat
+            last = run.start_time if run.heartbeat_at is None else run.heartbeat_at
+            gone = not process_alive(run.pid, started_before_ms=last)
         else:
             last = run.start_time if run.heartbeat_at is None else run.heartbeat_at
             gone = now_ms - last > timeout_s * 1000

@@ -202,7 +202,8 @@ class TrackingStore(MetricsStore):
                     parent_run_id=parent_run_id,
                     host=host,
                     pid=pid,
-                    heartbeat_at=start,
+                    # the insert time, not the caller's start_time (which may be in the past)
+                    heartbeat_at=now_ms(),
                 )
             ).scalar_one()
             if tag_rows:

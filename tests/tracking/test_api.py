@@ -302,3 +302,19 @@ def test_search_runs_pandas_columns(home: Path) -> None:
     assert [r.params["model"] for r in runs] == ["linear", "tree"]
     with pytest.raises(NotFound):
         keel.search_runs(experiment_names=["no-such-experiment"])
+
+
+def test_a_run_started_in_the_past_is_not_lost(sqlite_client: Client) -> None:
+    experiment_id = sqlite_client.get_or_create_experiment("past").experiment_id
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    local = sqlite_client.create_run(experiment_id, start_time=hour_ago)
+    remote = sqlite_client.create_remote_run(
+        experiment_id, host="elsewhere", user="ana", start_time=hour_ago
+    )
+    other = Client(sqlite_client.settings)  # a second client checks liveness on open
+    try:
+        assert other.get_run(local.run_id).status is RunStatus.RUNNING
+        assert other.get_run(remote.run_id).status is RunStatus.RUNNING
+        assert other.mark_lost_runs() == []
+    finally:
+        other.close()
