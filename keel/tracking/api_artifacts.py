@@ -52,16 +52,22 @@ class ArtifactMethods:
     def log_artifacts(
         self, run_id: str, local_dir: str | Path, *, artifact_path: str | None = None
     ) -> ArtifactEntry:
-        """Store a directory (as a manifest of its files) under ``artifact_path``."""
+        """Store a directory's files under ``artifact_path``.
+
+        The folder is stored as its files plus a manifest object (returned); the run records
+        each file, so logging a second folder to the same path adds to the first, as MLflow does.
+        """
         path = Path(local_dir)
         if not path.is_dir():
             raise InvalidInput(f"{path} is not a directory (use log_artifact for a file)")
         blob = self.artifacts.put_dir(path)
-        entry = ArtifactEntry(
-            path=_clean(artifact_path or ""), digest=blob.digest, size=blob.size, kind="dir"
-        )
-        self.store.record_artifact(run_id, entry)
-        return entry
+        base = _clean(artifact_path or "")
+        files = [
+            ArtifactEntry(path=_join(base, rel), digest=b.digest, size=b.size, kind="file")
+            for rel, b in self.artifacts.read_manifest(blob.digest).items()
+        ]
+        self.store.record_artifacts(run_id, files)
+        return ArtifactEntry(path=base, digest=blob.digest, size=blob.size, kind="dir")
 
     def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> ArtifactEntry:
         blob = self.artifacts.put_bytes(data)

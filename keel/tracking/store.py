@@ -460,11 +460,19 @@ class TrackingStore(MetricsStore):
 
     # -- artifacts ------------------------------------------------------------------------
     def record_artifact(self, run_id: str, entry: ArtifactEntry) -> None:
+        self.record_artifacts(run_id, [entry])
+
+    def record_artifacts(self, run_id: str, entries: Sequence[ArtifactEntry]) -> None:
+        """Record artifact entries in one transaction; an entry at an existing path replaces it."""
+        if not entries:
+            return
         statement = self._upsert(schema.artifacts, key=("run_id", "path"))
+        now = now_ms()
         with self._write() as conn, conn.begin():
             self._require_run(conn, run_id)
             conn.execute(
-                statement, [{"run_id": run_id, **entry.model_dump(), "created_at": now_ms()}]
+                statement,
+                [{"run_id": run_id, **e.model_dump(), "created_at": now} for e in entries],
             )
 
     def artifact_entries(self, run_id: str) -> list[ArtifactEntry]:

@@ -318,3 +318,19 @@ def test_a_run_started_in_the_past_is_not_lost(sqlite_client: Client) -> None:
         assert other.mark_lost_runs() == []
     finally:
         other.close()
+
+
+def test_two_folders_logged_to_one_path_add_up(home: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "model.pkl").write_bytes(b"m")
+    (second / "plot.png").write_bytes(b"p")
+    with keel.start_run() as run:
+        keel.log_artifacts(first)
+        keel.log_artifacts(second)
+        keel.log_artifacts(first, artifact_path="out")
+        keel.log_artifacts(second, artifact_path="out")
+    client = keel.tracking.fluent.get_client()
+    paths = [a.path for a in client.list_artifacts(run.run_id)]
+    assert paths == ["model.pkl", "out/model.pkl", "out/plot.png", "plot.png"]
