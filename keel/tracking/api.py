@@ -526,6 +526,41 @@ def _decode_token(token: str, fingerprint: str) -> int:
     return offset
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (multiprocessing, data loader workers) logs through its own writer.
+
+    The parent's writer thread and pooled database connections do not belong to the child;
+    multiprocessing children leave through ``os._exit`` (no atexit), so a multiprocessing
+    finalizer writes what they logged.
+    """
+    clients = list(_clients)
+    if not clients:
+        return
+    for client in clients:
+        client.engine.dispose(close=False)
+        client._buffer.reset_after_fork()
+        client._open_runs.clear()  # the parent keeps its runs alive, not the child
+    from multiprocessing import util
+
+    util.Finalize(None, flush_all_clients, exitpriority=100)
+    # a multiprocessing child clears the finalizers right after the fork, then runs its
+    # after-fork callbacks: register again from one of those
+    util.register_after_fork(_FORK_SENTINEL, _register_exit_flush)
+
+
+def _register_exit_flush(_sentinel: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, flush_all_clients, exitpriority=100)
+
+
+class _Sentinel:
+    """A weak-referenceable object for multiprocessing's after-fork registry."""
+
+
+_FORK_SENTINEL = _Sentinel()
+
+
 def flush_all_clients() -> None:
     """Flush every live client's buffered points (called at process exit)."""
     for client in list(_clients):
@@ -538,3 +573,5 @@ def flush_all_clients() -> None:
 
 
 atexit.register(flush_all_clients)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -97,6 +97,16 @@ class MetricBuffer(PointIntake):
         if pending >= MAX_PENDING:
             self.flush()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: fresh locks, no writer thread (it did not survive the fork), and
+        none of the parent's pending points (the parent writes those)."""
+        self._points = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+
     @property
     def pending(self) -> int:
         return len(self._points)
