@@ -83,12 +83,20 @@ class TrackingStore(MetricsStore):
         return int(experiment_id)
 
     def get_experiment(self, experiment_id: int) -> Experiment:
-        found = self._experiments(schema.experiments.c.experiment_id == experiment_id)
+        # an id beyond the 32-bit column cannot exist (PostgreSQL would refuse the query)
+        in_range = -(2**31) <= experiment_id < 2**31
+        found = (
+            self._experiments(schema.experiments.c.experiment_id == experiment_id)
+            if in_range
+            else []
+        )
         if not found:
             raise NotFound(f"no experiment with id {experiment_id}", experiment_id=experiment_id)
         return found[0]
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
+        if "\x00" in name:  # no name holds NUL (PostgreSQL cannot even compare one)
+            return None
         found = self._experiments(schema.experiments.c.name == name)
         return found[0] if found else None
 

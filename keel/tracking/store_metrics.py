@@ -165,7 +165,10 @@ class MetricsStore(SqlStore):
             .subquery()
         )
         span = summary.c.last - summary.c.first + 1
-        bucket = ((m.c.step - summary.c.first) * buckets // span).label("bucket")
+        # divide by the bucket width: multiplying by the bucket count first overflowed a
+        # PostgreSQL bigint for steps near 2**62
+        width = (span + (buckets - 1)) // buckets
+        bucket = ((m.c.step - summary.c.first) // width).label("bucket")
         means = (
             select(m.c.key, bucket, func.avg(m.c.value))
             .join(summary, summary.c.key == m.c.key)

@@ -215,3 +215,17 @@ def test_rename_run(client: Client) -> None:
         client.rename_run(run.run_id, " ")
     with pytest.raises(NotFound):
         client.rename_run("0" * 32, "x")
+
+
+def test_metric_curves_survive_huge_step_ranges(client: Client) -> None:
+    run = make_run(client)
+    client.log_metric(run.run_id, "far", 1.0, step=0)
+    client.log_metric(run.run_id, "far", 3.0, step=2**62)
+    curve = client.metric_curves(run.run_id)["far"]
+    assert curve.count == 2 and curve.means == [1.0, 3.0]
+
+
+def test_impossible_experiment_lookups_are_not_found(client: Client) -> None:
+    with pytest.raises(NotFound):
+        client.get_experiment(10**20)
+    assert client.get_experiment_by_name("a\x00b") is None
