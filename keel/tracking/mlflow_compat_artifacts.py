@@ -16,7 +16,6 @@ import re
 from collections.abc import Iterator
 from typing import Annotated
 
-import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -24,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from keel.errors import InvalidInput
 from keel.tracking.api import Client
+from keel.tracking.body_reader import BodyReader
 from keel.tracking.mlflow_compat_wire import (
     Empty,
     MlflowRoute,
@@ -118,7 +118,7 @@ async def upload_artifact(path: str, request: Request, client: ClientDep) -> Emp
     """
     run_id, rel = _file_path(path)
     size = request.headers.get("content-length")
-    body = _BodyReader(request)
+    body = BodyReader(request.stream().__aiter__())
     await run_in_threadpool(
         client.log_stream,
         run_id,
@@ -128,33 +128,6 @@ async def upload_artifact(path: str, request: Request, client: ClientDep) -> Emp
     )
     keep_alive(request, run_id)
     return Empty()
-
-
-class _BodyReader:
-    """A blocking ``read(n)`` over a request's async body, for use in a worker thread."""
-
-    def __init__(self, request: Request) -> None:
-        self._chunks = request.stream().__aiter__()
-        self._buffer = bytearray()
-        self._done = False
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    def read(self, n: int = -1) -> bytes:
-        while not self._done and (n < 0 or len(self._buffer) < n):
-            chunk = anyio.from_thread.run(self._next)
-            if chunk is None:
-                self._done = True
-            else:
-                self._buffer += chunk
-        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
 
 
 @router.delete(f"{PREFIX}/{{path:path}}", response_model=None)

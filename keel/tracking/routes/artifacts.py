@@ -9,7 +9,7 @@ and names its digest in ``X-Keel-Digest``, so the client can check what it recei
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import anyio
@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from keel.artifacts.models import DIGEST_PATTERN
 from keel.errors import InvalidInput, StorageError
+from keel.tracking.body_reader import BodyReader
 from keel.tracking.models import MAX_ARTIFACT_PATH_LENGTH, ArtifactEntry, ArtifactList
 from keel.tracking.routes.common import NO_NUL, ClientDep, RunIdPath
 
@@ -41,32 +42,6 @@ _BINARY_BODY: dict[str, Any] = {
 }
 
 
-class _BodyReader:
-    """``read(n)`` over the request's async body stream, for a worker thread to block on."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = bytearray()
-        self._done = False
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    def read(self, n: int) -> bytes:
-        while len(self._pending) < n and not self._done:
-            chunk = anyio.from_thread.run(self._next)
-            if chunk is None:
-                self._done = True
-            else:
-                self._pending += chunk
-        out = bytes(self._pending[:n])
-        del self._pending[:n]
-        return out
-
-
 @router.put("/{path:path}", status_code=201, openapi_extra=_BINARY_BODY)
 async def upload_artifact(
     run_id: RunIdPath,
@@ -85,7 +60,7 @@ async def upload_artifact(
     """Store the request body as the run's artifact file ``path`` (replacing one there)."""
     await anyio.to_thread.run_sync(client.get_run, run_id)  # 404 before reading the body
     length = request.headers.get("content-length", "")
-    reader = _BodyReader(request.stream().__aiter__())
+    reader = BodyReader(request.stream().__aiter__())
     try:
         return await anyio.to_thread.run_sync(
             lambda: client.log_stream(
