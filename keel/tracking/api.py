@@ -40,8 +40,8 @@ from keel.tracking.models import (
     RunPage,
     RunStatus,
 )
+from keel.tracking.source import Source, current_user, record_source
 from keel.tracking.source import capture_source as capture_source_info
-from keel.tracking.source import current_user
 from keel.tracking.store import MetricCurve, PointTuple, TrackingStore, now_ms
 
 if TYPE_CHECKING:
@@ -159,44 +159,28 @@ class Client(ArtifactMethods):
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
-        user: str | None = None,
-        host: str | None = None,
         start_time: int | None = None,
         capture_source: bool | None = None,
     ) -> Run:
-        """Start a RUNNING run; records its source (git, entry point, packages) by default.
-
-        A server creating a run for a remote caller passes ``user``, ``host`` and
-        ``capture_source=False``: the caller captured its own source, and this process's would
-        be wrong. Such a run has no local process id, so its liveness is judged by heartbeat.
+        """Start a RUNNING run of this process; records its source (git, entry point,
+        packages) by default. A server starts runs for callers with :meth:`create_remote_run`.
         """
-        remote = host is not None and host != HOST
         capture = self.settings.capture_source if capture_source is None else capture_source
         source = capture_source_info() if capture else None
-        all_tags: dict[str, Any] = {}
-        if source is not None:
-            all_tags.update(source.tags)
-        all_tags["keel.host"] = host or HOST
-        if parent_run_id is not None:
-            all_tags["keel.parent_run_id"] = parent_run_id
-        all_tags.update(tags or {})
         run = self.store.create_run(
             experiment_id=experiment_id,
             run_name=run_name,
-            user=user or current_user(),
-            host=host or HOST,
-            pid=None if remote else os.getpid(),
-            tags=all_tags,
+            user=current_user(),
+            host=HOST,
+            pid=os.getpid(),
+            tags=_run_tags(HOST, parent_run_id, tags, source),
             parent_run_id=parent_run_id,
             start_time=start_time,
         )
-        if not remote:
-            self._open_runs[run.run_id] = None
-            self._buffer.start_heartbeats()
+        self._open_runs[run.run_id] = None
+        self._buffer.start_heartbeats()
         if source is not None:
-            self.log_text(run.run_id, source.requirements, "keel/requirements.txt")
-            if source.diff:
-                self.log_text(run.run_id, source.diff, "keel/source.diff")
+            record_source(source, run.run_id, self.log_text)
         return run
 
     def create_remote_run(
@@ -217,17 +201,13 @@ class Client(ArtifactMethods):
         caller sends heartbeats (:meth:`heartbeat`) and ends the run; a run whose heartbeats
         stop is marked LOST after ``lost_run_timeout``.
         """
-        all_tags: dict[str, Any] = {"keel.host": host}
-        if parent_run_id is not None:
-            all_tags["keel.parent_run_id"] = parent_run_id
-        all_tags.update(tags or {})
         return self.store.create_run(
             experiment_id=experiment_id,
             run_name=run_name,
             user=user,
             host=host,
             pid=None,
-            tags=all_tags,
+            tags=_run_tags(host, parent_run_id, tags, None),
             parent_run_id=parent_run_id,
             start_time=start_time,
         )
@@ -524,6 +504,21 @@ def _decode_token(token: str, fingerprint: str) -> int:
             "filter, order and experiments to page through it"
         )
     return offset
+
+
+def _run_tags(
+    host: str,
+    parent_run_id: str | None,
+    tags: Mapping[str, Any] | None,
+    source: Source | None,
+) -> dict[str, Any]:
+    """The tags a new run starts with: its source, host and parent, then the caller's own."""
+    all_tags: dict[str, Any] = dict(source.tags) if source is not None else {}
+    all_tags["keel.host"] = host
+    if parent_run_id is not None:
+        all_tags["keel.parent_run_id"] = parent_run_id
+    all_tags.update(tags or {})
+    return all_tags
 
 
 def _after_fork_in_child() -> None:

@@ -45,7 +45,7 @@ from keel.tracking.remote_artifacts import RemoteArtifactMethods
 from keel.tracking.remote_http import HttpApi, is_unreachable
 from keel.tracking.remote_sender import MetricSender
 from keel.tracking.source import capture_source as capture_source_info
-from keel.tracking.source import current_user
+from keel.tracking.source import current_user, record_source
 from keel.tracking.store import MetricCurve, PointTuple, check_key, now_ms
 
 __all__ = ["RemoteClient", "TrackingClient", "connect"]
@@ -236,9 +236,7 @@ class RemoteClient(RemoteArtifactMethods):
         self._open_runs[run.run_id] = None
         self._sender.start()
         if source is not None:
-            self.log_text(run.run_id, source.requirements, "keel/requirements.txt")
-            if source.diff:
-                self.log_text(run.run_id, source.diff, "keel/source.diff")
+            record_source(source, run.run_id, self.log_text)
         return run
 
     def create_remote_run(

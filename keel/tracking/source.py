@@ -13,11 +13,12 @@ import getpass
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["Source", "capture_source", "current_user"]
+__all__ = ["Source", "capture_source", "current_user", "record_source"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,10 @@ def _capture(cwd: str, argv0: str) -> Source:
 def capture_source() -> Source:
     """The source of the current process (cached per working directory and entry point)."""
     return _capture(str(Path.cwd()), sys.argv[0] if sys.argv else "")
+
+
+def record_source(source: Source, run_id: str, log_text: Callable[[str, str, str], object]) -> None:
+    """Store a run's package list (and dirty diff) as artifacts with a client's ``log_text``."""
+    log_text(run_id, source.requirements, "keel/requirements.txt")
+    if source.diff:
+        log_text(run_id, source.diff, "keel/source.diff")
