@@ -493,7 +493,7 @@ class TrackingStore(MetricsStore):
         with self._read() as conn:
             rows = conn.execute(query).all()
             if not rows:
-                self._require_run_exists(conn, run_id)
+                self._require_run(conn, run_id, active=False)
         return [ArtifactEntry(path=p, digest=d, size=s, kind=k) for p, d, s, k in rows]
 
 

@@ -113,21 +113,16 @@ class SqlStore:
     def _read(self) -> Connection:
         return self.engine.connect()
 
-    def _require_run(self, conn: Connection, run_id: str) -> None:
+    def _require_run(self, conn: Connection, run_id: str, *, active: bool = True) -> None:
+        """Raise NotFound for a run that does not exist and, unless ``active`` is false,
+        InvalidInput for a deleted one (it must be restored before it takes writes)."""
         stage = conn.execute(
             select(schema.runs.c.lifecycle_stage).where(schema.runs.c.run_id == run_id)
         ).scalar()
         if stage is None:
             raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
-        if stage != "active":
+        if active and stage != "active":
             raise InvalidInput(
                 f"run {run_id} is deleted; restore it (keel runs restore {run_id}) to log to it",
                 run_id=run_id,
             )
-
-    def _require_run_exists(self, conn: Connection, run_id: str) -> None:
-        found = conn.execute(
-            select(schema.runs.c.run_id).where(schema.runs.c.run_id == run_id)
-        ).scalar()
-        if found is None:
-            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)

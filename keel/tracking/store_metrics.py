@@ -137,7 +137,7 @@ class MetricsStore(SqlStore):
         with self._read() as conn:
             rows = conn.execute(query).all()
             if not rows:
-                self._require_run_exists(conn, run_id)
+                self._require_run(conn, run_id, active=False)
         return [
             Metric.model_construct(key=k, value=math.nan if nan else v, step=step, timestamp=ts)
             for k, v, nan, step, ts in rows
