@@ -1,7 +1,8 @@
 """Where the artifact store's bytes live: a local folder (plain os calls) or any fsspec URL.
 
 Both backends offer the same small set of operations the store needs: paths, sizes, reads,
-temporary files that become objects by an atomic move, and a listing of stale temporaries.
+temporary files that become objects by an atomic move, a listing of stale temporaries, and a
+move of a corrupt object aside into ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,15 @@ class LocalBackend:
     def open_read(self, path: str) -> Any:
         return open(path, "rb", buffering=0)
 
-    def read_all(self, path: str) -> bytes:
+    def read_all(self, path: str) -> tuple[bytes, Any]:
+        """The file's bytes and the identity of the file they came from (for quarantine)."""
         with open(path, "rb") as source:
-            return source.read()
+            return source.read(), self.identity(source)
+
+    def identity(self, opened: Any) -> Any:
+        """Which file an open handle reads: a writer may have replaced the path since."""
+        st = os.fstat(opened.fileno())
+        return (st.st_dev, st.st_ino)
 
     def _makedirs(self, path: str) -> None:
         if path not in self._made_dirs:
@@ -88,6 +95,31 @@ class LocalBackend:
                 found.append((entry.path, entry.stat().st_mtime))
         return found
 
+    def quarantine(self, path: str, dest: str, *, identity: Any) -> bool:
+        """Move the object at ``path`` to ``dest``; False if it is gone, or if ``identity`` is
+        given and the path now holds another file (a writer replaced the bad one meanwhile)."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            return False
+        self._makedirs(os.path.dirname(dest))
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def quarantined(self, prefix: str) -> list[str]:
+        """Paths under quarantine/ whose name starts with ``prefix``, sorted."""
+        folder = os.path.join(self.root, "quarantine")
+        try:
+            with os.scandir(folder) as listing:
+                return sorted(e.path for e in listing if e.name.startswith(prefix))
+        except OSError:
+            return []
+
 
 class FsspecBackend:
     """A store on any fsspec filesystem (object stores, memory://, ssh, ...)."""
@@ -117,8 +149,11 @@ class FsspecBackend:
             return io.BytesIO(self.fs.cat_file(path))
         return self.fs.open(path, "rb")
 
-    def read_all(self, path: str) -> bytes:
-        return bytes(self.fs.cat_file(path))
+    def read_all(self, path: str) -> tuple[bytes, Any]:
+        return bytes(self.fs.cat_file(path)), None
+
+    def identity(self, opened: Any) -> Any:
+        return None  # object stores have no inodes: quarantine moves whatever is at the path
 
     def open_temp(self) -> tuple[str, Any]:
         self.fs.makedirs(self.tmp_dir, exist_ok=True)
@@ -146,3 +181,19 @@ class FsspecBackend:
             with suppress(Exception):
                 found.append((path, self.fs.modified(path).timestamp()))
         return found
+
+    def quarantine(self, path: str, dest: str, *, identity: Any) -> bool:
+        if not self.fs.exists(path):
+            return False
+        self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            self.fs.mv(path, dest)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def quarantined(self, prefix: str) -> list[str]:
+        try:
+            return sorted(self.fs.glob(f"{self.root}/quarantine/{prefix}*"))
+        except Exception:
+            return []

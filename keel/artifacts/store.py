@@ -4,10 +4,12 @@ Layout under the store's root (a local folder or any fsspec URL)::
 
     objects/<first 2 hex>/<remaining 62 hex>   one object per distinct content
     tmp/<pid>-<random>.part                     writes in progress
+    quarantine/<digest>.<UTC time>              objects a read found corrupt, moved aside
 
 A write streams into ``tmp/`` while hashing and is then moved to its final name, so an object
 is either complete at its path or absent; content already stored is not written again. Every
-read checks the bytes against the digest, so a corrupted object raises instead of being used.
+read checks the bytes against the digest, so a corrupted object raises instead of being used,
+and is moved into ``quarantine/``: the next put of the same content then writes it afresh.
 Local paths use ``os`` directly; fsspec is imported only for other URLs.
 """
 
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -57,6 +60,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _CORRUPT_ADVICE = "the object is corrupt: re-log the artifact or restore it from a backup"
+_RESTORE_ADVICE = "re-uploading the file (log the artifact again) restores it"
 
 
 def _new_hasher(size: int | None) -> Any:
@@ -134,12 +138,21 @@ class BlobReader(io.RawIOBase):
     of up to :data:`CHUNK_SIZE` bytes (lines mean nothing in a blob). Not seekable.
     """
 
-    def __init__(self, raw: Any, *, digest: str, size: int, path: str) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        *,
+        digest: str,
+        size: int,
+        path: str,
+        on_corrupt: Callable[[str], StorageError] | None = None,
+    ) -> None:
         super().__init__()
         self._raw = raw
         self.digest = digest
         self.size = size
         self.path = path
+        self._on_corrupt = on_corrupt
         self._hasher = _new_hasher(size)
         self._read = 0
         self._verified = False
@@ -185,6 +198,8 @@ class BlobReader(io.RawIOBase):
             self._fail(f"its content hashes to {actual}")
 
     def _fail(self, why: str) -> None:
+        if self._on_corrupt is not None:
+            raise self._on_corrupt(why)
         raise StorageError(
             f"artifact object {self.digest} at {self.path} does not match its digest ({why}): "
             f"{_CORRUPT_ADVICE}",
@@ -248,19 +263,58 @@ class ArtifactStore:
             ) from error
 
     def _missing(self, digest: str, path: str) -> NotFound:
+        moved = self._backend.quarantined(f"{digest}.")
+        if moved:
+            shown = self._backend.display(moved[-1])
+            return NotFound(
+                f"artifact object {digest} is not in the store {self.url}: a read found it "
+                f"corrupt and moved it to {shown}; {_RESTORE_ADVICE}",
+                digest=digest,
+                path=self._backend.display(path),
+                quarantined=shown,
+            )
         return NotFound(
             f"artifact object {digest} is not in the store {self.url}",
             digest=digest,
             path=self._backend.display(path),
         )
 
-    def _corrupt(self, digest: str, path: str, actual: str) -> StorageError:
+    def _corrupt(self, digest: str, path: str, why: str, *, identity: Any) -> StorageError:
+        """Move a corrupt object into quarantine/ and return the error that says so.
+
+        Putting the same content again skips objects that exist, so a corrupt one left in
+        place would stay forever; moved aside, the next put writes it afresh. ``identity``
+        (local stores) is the file that was read: one a writer has since replaced is kept.
+        """
         shown = self._backend.display(path)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        dest = self._backend.join("quarantine", f"{digest}.{stamp}")
+        problem = f"artifact object {digest} at {shown} is corrupt: it does not match its digest"
+        try:
+            moved = self._backend.quarantine(path, dest, identity=identity)
+        except OSError as error:
+            return StorageError(
+                f"{problem} ({why}), and it could not be moved aside into quarantine "
+                f"({error.strerror or error}): delete {shown}, then re-upload the file (log the "
+                "artifact again) or restore it from a backup",
+                digest=digest,
+                path=shown,
+            )
+        if not moved:
+            return StorageError(
+                f"{problem} ({why}); another process has since moved it aside or replaced "
+                "it: read it again, and if it is missing, re-upload the file (log the artifact "
+                "again)",
+                digest=digest,
+                path=shown,
+            )
+        quarantined = self._backend.display(dest)
         return StorageError(
-            f"artifact object {digest} at {shown} does not match its digest (its content "
-            f"hashes to {actual}): {_CORRUPT_ADVICE}",
+            f"{problem} ({why}). It was quarantined (moved to {quarantined}); "
+            f"{_RESTORE_ADVICE}, or restore it from a backup",
             digest=digest,
             path=shown,
+            quarantined=quarantined,
         )
 
     # -- writing ------------------------------------------------------------------------------
@@ -452,19 +506,20 @@ class ArtifactStore:
 
         Raises:
             InvalidInput: ``digest`` is not 64 lowercase hex characters.
-            NotFound: no such object.
-            StorageError: the object is corrupt or cannot be read.
+            NotFound: no such object (the message says so if it was quarantined).
+            StorageError: the object cannot be read, or is corrupt: it is then moved to
+                ``quarantine/`` so that putting the same content again stores it afresh.
         """
         path = self._object_path(digest)
         try:
-            data = self._backend.read_all(path)
+            data, identity = self._backend.read_all(path)
         except FileNotFoundError:
             raise self._missing(digest, path) from None
         except OSError as error:
             raise self._read_error(digest, path, error) from error
         actual = _new_hasher(len(data)).update(data).hexdigest()
         if actual != digest:
-            raise self._corrupt(digest, path, actual)
+            raise self._corrupt(digest, path, f"its content hashes to {actual}", identity=identity)
         return data
 
     def _read_error(self, digest: str, path: str, error: OSError) -> StorageError:
@@ -483,7 +538,8 @@ class ArtifactStore:
 
         Returns:
             A :class:`BlobReader` (use it as a context manager); the read that reaches the
-            end raises :class:`~keel.errors.StorageError` if the content does not match.
+            end raises :class:`~keel.errors.StorageError` if the content does not match (and
+            moves the object into quarantine, as :meth:`read_bytes` does).
 
         Raises:
             InvalidInput: ``digest`` is not 64 lowercase hex characters.
@@ -496,7 +552,13 @@ class ArtifactStore:
             raise self._missing(digest, path) from None
         except OSError as error:
             raise self._read_error(digest, path, error) from error
-        return BlobReader(raw, digest=digest, size=size, path=self._backend.display(path))
+
+        def corrupt(why: str) -> StorageError:
+            return self._corrupt(digest, path, why, identity=self._backend.identity(raw))
+
+        return BlobReader(
+            raw, digest=digest, size=size, path=self._backend.display(path), on_corrupt=corrupt
+        )
 
     def get_file(self, digest: str, dst: str | os.PathLike[str]) -> Path:
         """Write an object to a local file, atomically and only if its content checks out.

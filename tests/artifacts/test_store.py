@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -259,7 +259,7 @@ def test_corrupt_object_is_refused_by_read_bytes(store: ArtifactStore) -> None:
     message = str(raised.value)
     assert blob.digest in message
     assert f"objects/{blob.digest[:2]}/{blob.digest[2:]}" in message
-    assert "re-log the artifact or restore it from a backup" in message
+    assert "re-uploading the file (log the artifact again) restores it" in message
 
 
 def test_corrupt_object_never_produces_a_get_file_destination(
@@ -273,7 +273,7 @@ def test_corrupt_object_never_produces_a_get_file_destination(
 
     with pytest.raises(StorageError, match="corrupt"):
         store.get_file(blob.digest, out / "new.bin")
-    with pytest.raises(StorageError, match="corrupt"):
+    with pytest.raises(NotFound, match="corrupt"):  # it was moved into quarantine
         store.get_file(blob.digest, out / "kept.bin")
 
     assert sorted(p.name for p in out.iterdir()) == ["kept.bin"]  # no dst, no temp left
@@ -297,7 +297,7 @@ def test_open_checks_the_digest_on_the_read_that_reaches_the_end(store: Artifact
 
     with store.open(blob.digest) as reader:
         assert reader.read(5) == b"01234"
-        with pytest.raises(StorageError, match="re-log the artifact"):
+        with pytest.raises(StorageError, match="log the artifact again"):
             reader.read(5)
 
 
@@ -307,6 +307,95 @@ def test_putting_the_content_again_repairs_a_truncated_object(store: ArtifactSto
     _corrupt(store, blob.digest, truncate=True)
 
     assert store.put_bytes(data) == blob
+    assert store.read_bytes(blob.digest) == data
+
+
+def _quarantine(store: ArtifactStore) -> dict[str, bytes]:
+    """What the store moved aside into quarantine/, by file name."""
+    if store.url.startswith("memory://"):
+        fs = fsspec.filesystem("memory")
+        folder = f"{_memory_root(store.url)}/quarantine"
+        found = fs.find(folder) if fs.exists(folder) else []
+        return {path.rsplit("/", 1)[1]: fs.cat_file(path) for path in found}
+    folder = Path(store.url) / "quarantine"
+    return {p.name: p.read_bytes() for p in folder.glob("*")} if folder.exists() else {}
+
+
+def _read_with_get_file(store: ArtifactStore, digest: str) -> bytes:
+    return store.get_file(digest, Path.cwd() / "restored.bin").read_bytes()
+
+
+def _read_with_open(store: ArtifactStore, digest: str) -> bytes:
+    with store.open(digest) as reader:
+        return reader.read()
+
+
+@pytest.mark.parametrize(
+    "read",
+    [ArtifactStore.read_bytes, _read_with_open, _read_with_get_file],
+    ids=["read_bytes", "open", "get_file"],
+)
+@pytest.mark.parametrize("size", [10_000, 3 * MiB], ids=["small", "large"])
+def test_a_corrupt_object_is_quarantined_so_putting_it_again_repairs_it(
+    store: ArtifactStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    read: Callable[[ArtifactStore, str], bytes],
+    size: int,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = os.urandom(size)
+    source = tmp_path / "model.bin"
+    source.write_bytes(data)
+    blob = store.put_file(source)
+    _corrupt(store, blob.digest)  # same size: a put alone would see it stored and skip it
+
+    with pytest.raises(StorageError) as raised:
+        read(store, blob.digest)
+
+    message = str(raised.value)
+    assert "corrupt" in message and "quarantined" in message
+    assert "re-uploading the file (log the artifact again) restores it" in message
+    [(name, bad)] = _quarantine(store).items()
+    assert name.startswith(f"{blob.digest}.") and name in message
+    assert len(bad) == size and bad != data
+    assert raised.value.context["quarantined"].endswith(name)
+    assert not store.exists(blob.digest)
+
+    assert store.put_file(source) == blob
+    assert read(store, blob.digest) == data
+    assert len(_quarantine(store)) == 1  # the repaired object reads clean
+
+
+def test_reading_a_quarantined_object_says_where_it_went(store: ArtifactStore) -> None:
+    blob = store.put_bytes(b"weights" * 100)
+    _corrupt(store, blob.digest)
+    with pytest.raises(StorageError):
+        store.read_bytes(blob.digest)
+
+    with pytest.raises(NotFound) as raised:
+        store.read_bytes(blob.digest)
+
+    [name] = _quarantine(store)
+    assert "found it corrupt and moved it to" in str(raised.value)
+    assert name in str(raised.value) and "re-uploading the file" in str(raised.value)
+
+
+def test_a_corrupt_object_replaced_while_read_is_not_quarantined(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = os.urandom(3 * MiB)
+    blob = store.put_bytes(data)
+    _corrupt(store, blob.digest, truncate=True)  # a size change: a put replaces it
+    final = tmp_path / "store" / "objects" / blob.digest[:2] / blob.digest[2:]
+
+    with store.open(blob.digest) as reader:
+        reader.read(MiB)
+        assert store.put_bytes(data) == blob  # a writer repairs it under the reader
+        with pytest.raises(StorageError, match="another process has since moved it aside"):
+            reader.read()
+
+    assert _quarantine(store) == {}
+    assert final.read_bytes() == data
     assert store.read_bytes(blob.digest) == data
 
 
