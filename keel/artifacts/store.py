@@ -22,7 +22,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ import blake3
 
 from keel.artifacts.backends import FsspecBackend, LocalBackend
 from keel.artifacts.models import Blob, decode_manifest, encode_manifest
-from keel.errors import InvalidInput, KeelError, NotFound, StorageError
+from keel.errors import Conflict, InvalidInput, KeelError, NotFound, StorageError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -577,6 +577,7 @@ class ArtifactStore:
         Raises:
             InvalidInput: ``digest`` is not 64 lowercase hex characters.
             NotFound: no such object.
+            Conflict: ``dst`` is a folder, or one of its parents is a file.
             StorageError: the object is corrupt or unreadable, or ``dst`` cannot be written.
         """
         target = Path(dst)
@@ -611,8 +612,7 @@ class ArtifactStore:
     def get_dir(self, digest: str, dst: str | os.PathLike[str]) -> Path:
         """Materialise every file of a manifest under ``dst`` (created if missing).
 
-        Each file is written atomically and checked as by :meth:`get_file`; files already in
-        ``dst`` that the manifest does not list are left alone.
+        As :meth:`get_files` with the files the manifest lists.
 
         Args:
             digest: the manifest's digest (what :meth:`put_dir` returned).
@@ -624,30 +624,69 @@ class ArtifactStore:
         Raises:
             InvalidInput: the object is not a manifest.
             NotFound: the manifest or one of its objects is missing.
+            Conflict: a path under ``dst`` (or ``dst`` itself) is a file where the manifest
+                needs a folder, or a folder where it has a file; the message names it.
             StorageError: an object is corrupt, or ``dst`` cannot be written.
         """
-        target = Path(dst)
         files = self.read_manifest(digest)
+        return self.get_files({rel: blob.digest for rel, blob in files.items()}, dst)
+
+    def get_files(self, files: Mapping[str, str], dst: str | os.PathLike[str]) -> Path:
+        """Write objects to files under ``dst`` (created if missing), by relative POSIX path.
+
+        Each file is written atomically and checked as by :meth:`get_file`, a few at a time;
+        files already in ``dst`` that are not named are left alone. Before anything is written,
+        every path is checked: a folder where a file goes, or a file where a folder must be,
+        stops the call with nothing written.
+
+        Args:
+            files: ``{"sub/file.txt": digest, ...}``; paths with ``..``, ``.`` or empty parts
+                are refused.
+            dst: the folder to fill.
+
+        Returns:
+            ``dst`` as a Path.
+
+        Raises:
+            InvalidInput: a path is not a safe relative path, or a digest is malformed.
+            NotFound: an object is missing.
+            Conflict: a path under ``dst`` (or ``dst`` itself) is a file where a folder must
+                be, or a folder where a file goes; the message names it.
+            StorageError: an object is corrupt, or ``dst`` cannot be written.
+
+        Example:
+            >>> store.get_files({"model/weights.bin": blob.digest}, "out")  # doctest: +SKIP
+            PosixPath('out')
+        """
+        target = Path(dst)
+        # Checked here too, not only in manifests: a backslash separates on Windows only.
+        for rel, digest in files.items():
+            _check_digest(digest)
+            if any(
+                p in ("", ".", "..")
+                or os.sep in p
+                or (os.altsep and os.altsep in p)
+                or Path(p).drive
+                for p in rel.split("/")
+            ):
+                raise InvalidInput(f"{rel!r} is not a safe path to download to", path=rel)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            conflict = _local_conflict(target, folder=True)
+            if conflict is not None:
+                raise conflict from None
             raise StorageError(
                 f"cannot create {target}: {error.strerror or error}", path=str(target)
             ) from error
-        # Checked here, not in the manifest: a backslash separates on Windows, not on Linux.
-        for rel in files:
-            if any(
-                os.sep in p or (os.altsep and os.altsep in p) or Path(p).drive
-                for p in rel.split("/")
-            ):
-                raise InvalidInput(
-                    f"manifest {digest} lists {rel!r}, which is not a safe path here",
-                    digest=digest,
-                )
         # Each distinct object is read once; files sharing it are copied from the first one.
         copies: dict[str, list[Path]] = {}
-        for rel, blob in files.items():
-            copies.setdefault(blob.digest, []).append(target.joinpath(*rel.split("/")))
+        for rel, digest in files.items():
+            path = target.joinpath(*rel.split("/"))
+            conflict = _local_conflict(path)
+            if conflict is not None:
+                raise conflict
+            copies.setdefault(digest, []).append(path)
 
         def fetch(digest: str) -> None:
             first, *others = copies[digest]
@@ -682,9 +721,7 @@ def _write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(tmp, flags, 0o666)
     except OSError as error:
-        raise StorageError(
-            f"cannot write {target}: {error.strerror or error}", path=str(target)
-        ) from error
+        raise _write_error(target, error) from error
     try:
         with open(fd, "wb") as out:
             fill(out)
@@ -693,10 +730,55 @@ def _write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         if isinstance(error, OSError):
-            raise StorageError(
-                f"cannot write {target}: {error.strerror or error}", path=str(target)
-            ) from error
+            raise _write_error(target, error) from error
         raise
+
+
+def _write_error(target: Path, error: OSError) -> KeelError:
+    """What writing a local file met: a path conflict if that was it, else a StorageError."""
+    conflict = _local_conflict(target)
+    if conflict is not None:
+        return conflict
+    return StorageError(f"cannot write {target}: {error.strerror or error}", path=str(target))
+
+
+def _local_conflict(target: Path, *, folder: bool = False) -> Conflict | None:
+    """The Conflict if ``target`` cannot become a file (or, with ``folder``, a folder): a
+    folder (or file) is already there, or one of its parents is a file. None if it can."""
+    try:
+        st = os.lstat(target)  # a symlink at the target itself is replaced, whatever it names
+        if folder:
+            st = os.stat(target)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return None
+    else:
+        if folder and not stat.S_ISDIR(st.st_mode):
+            return _conflict(target, target, "is a file, and the artifact needs a folder there")
+        if not folder and stat.S_ISDIR(st.st_mode):
+            return _conflict(target, target, "is a folder, and the artifact has a file there")
+        return None
+    for parent in target.parents:
+        try:
+            st = os.stat(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        return _conflict(target, parent, "is a file, and the artifact needs a folder there")
+    return None
+
+
+def _conflict(target: Path, found: Path, what: str) -> Conflict:
+    return Conflict(
+        f"cannot download to {target}: {found} {what}; choose another destination, or remove "
+        f"{found} and download again",
+        path=str(found),
+        target=str(target),
+    )
 
 
 def _copy_from(source: Path, out: BinaryIO) -> None:

@@ -18,7 +18,7 @@ import fsspec
 import pytest
 
 from keel.artifacts import ArtifactStore, Blob, hash_file
-from keel.errors import InvalidInput, NotFound, StorageError
+from keel.errors import Conflict, InvalidInput, NotFound, StorageError
 
 MiB = 1 << 20
 
@@ -183,6 +183,103 @@ def test_put_dir_then_get_dir_reproduces_the_tree(store: ArtifactStore, tmp_path
     assert files["empty.bin"].size == 0
     assert _tree(out) == _tree(source)
     assert not (out / "link.txt").is_symlink()
+
+
+def _conflict_tree(store: ArtifactStore, tmp_path: Path) -> str:
+    source = tmp_path / "src"
+    (source / "model").mkdir(parents=True)
+    (source / "model" / "weights.bin").write_bytes(b"weights")
+    (source / "config.json").write_text("{}")
+    (source / "notes.txt").write_text("notes")
+    return store.put_dir(source).digest
+
+
+@pytest.mark.parametrize(
+    ("in_the_way", "why"),
+    [
+        ("model", "is a file, and the artifact needs a folder there"),
+        ("config.json", "is a folder, and the artifact has a file there"),
+    ],
+    ids=["file-where-a-folder-goes", "folder-where-a-file-goes"],
+)
+def test_get_dir_into_a_conflicting_path_names_it_and_writes_nothing(
+    store: ArtifactStore, tmp_path: Path, in_the_way: str, why: str
+) -> None:
+    manifest = _conflict_tree(store, tmp_path)
+    dst = tmp_path / "dst"
+    store.get_dir(manifest, dst)  # an earlier download
+    (dst / "notes.txt").write_text("edited since")
+    other = dst / "other"
+    other.mkdir()
+    (other / "kept.txt").write_text("mine")
+    # the tree on disk now differs from the artifact's at one path
+    for path in (dst / "model" / "weights.bin", dst / "config.json"):
+        path.unlink()
+    (dst / "model").rmdir()
+    if in_the_way == "model":
+        (dst / "model").write_text("a file named like the artifact's folder")
+    else:
+        (dst / "config.json").mkdir()
+    before = {p: p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+
+    with pytest.raises(Conflict) as raised:
+        store.get_dir(manifest, dst)
+
+    message = str(raised.value)
+    assert f"{dst / in_the_way} {why}; choose another destination, or remove" in message
+    assert raised.value.context["path"] == str(dst / in_the_way)
+    after = {p: p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    assert after == before  # nothing overwritten, nothing half-written, nothing removed
+    assert not list(dst.rglob("*keel-tmp*"))
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["dst", "under-dst"])
+def test_get_dir_into_a_file_is_a_conflict(
+    store: ArtifactStore, tmp_path: Path, nested: bool
+) -> None:
+    manifest = _conflict_tree(store, tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    dst = tmp_path / "taken" / "sub" if nested else tmp_path / "taken"
+
+    with pytest.raises(Conflict, match=f"{tmp_path / 'taken'} is a file, and the artifact"):
+        store.get_dir(manifest, dst)
+
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_get_file_onto_a_folder_or_under_a_file_is_a_conflict(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    blob = store.put_bytes(b"content")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside.txt").write_text("kept")
+    (tmp_path / "file").write_text("kept too")
+
+    with pytest.raises(Conflict, match=f"{tmp_path / 'folder'} is a folder, and the artifact"):
+        store.get_file(blob.digest, tmp_path / "folder")
+    for target in (tmp_path / "file" / "x.bin", tmp_path / "file" / "deeper" / "x.bin"):
+        with pytest.raises(Conflict, match=f"{tmp_path / 'file'} is a file, and the artifact"):
+            store.get_file(blob.digest, target)
+
+    assert (tmp_path / "folder" / "inside.txt").read_text() == "kept"
+    assert (tmp_path / "file").read_text() == "kept too"
+    assert not list(tmp_path.rglob("*keel-tmp*"))
+
+
+def test_get_files_writes_the_named_objects_and_refuses_unsafe_paths(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    a, b = store.put_bytes(b"a"), store.put_bytes(b"b")
+
+    out = store.get_files(
+        {"x/a.txt": a.digest, "b.txt": b.digest, "x/y/a2.txt": a.digest}, tmp_path / "out"
+    )
+
+    assert _tree(out) == {"b.txt": b"b", "x/a.txt": b"a", "x/y/a2.txt": b"a"}
+    for rel in ("../escape.txt", "x/../../escape.txt", "/etc/passwd", "x//a.txt", "./a.txt"):
+        with pytest.raises(InvalidInput, match="not a safe path to download to"):
+            store.get_files({"ok.txt": a.digest, rel: b.digest}, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "escape.txt").exists()
 
 
 def test_manifest_is_canonical_json(store: ArtifactStore, tmp_path: Path) -> None:
