@@ -24,6 +24,10 @@ LAZY_COMMANDS = {
     "runs": ("keel.tracking.cli:runs", "List, show, search, compare, export and delete runs."),
     "server": ("keel.server.cli:server", "Serve the REST API over HTTP (uvicorn, N workers)."),
     "sync": ("keel.tracking.sync_cli:sync", "Send metric points saved offline to the server."),
+    "users": ("keel.auth.cli:users", "Create, list and disable users (keel server --auth)."),
+    "tokens": ("keel.auth.cli:tokens", "Create, list and revoke API tokens."),
+    "grants": ("keel.auth.cli:grants", "Give users read or write on an experiment."),
+    "audit": ("keel.auth.cli:audit", "Show who wrote what, when (admins)."),
 }
 
 

@@ -7,6 +7,7 @@
     │   ├── InvalidQuery           (400) a search filter or order_by does not parse
     │   └── SchemaMismatch         (400) data does not match the schema it claims
     ├── Conflict                   (409) the request contradicts stored state (a param re-logged)
+    ├── Unauthenticated            (401) no valid credentials (a server with --auth)
     ├── PermissionDenied           (403) the caller may not do this
     ├── StorageError               (500) the database or the blob store failed or is corrupt
     └── MissingExtra               (500) an optional dependency is not installed
@@ -30,6 +31,7 @@ __all__ = [
     "PermissionDenied",
     "SchemaMismatch",
     "StorageError",
+    "Unauthenticated",
 ]
 
 
@@ -85,6 +87,13 @@ class SchemaMismatch(InvalidInput):
 class Conflict(KeelError):
     status_code = 409
     code = "conflict"
+
+
+class Unauthenticated(KeelError):
+    """The request carries no credentials, or ones the server does not accept."""
+
+    status_code = 401
+    code = "unauthenticated"
 
 
 class PermissionDenied(KeelError):

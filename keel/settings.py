@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["HOME_DIRNAME", "Settings", "environment_key", "find_home"]
@@ -62,6 +62,16 @@ class Settings(BaseSettings):
         default=None,
         description="URL of a keel server (http://host:5000). When set, the Python API and the "
         "CLI talk to that server instead of a local store.",
+    )
+    tracking_token: SecretStr | None = Field(
+        default=None,
+        description="API token sent to a keel server started with --auth (made by `keel tokens "
+        "create`); the Python API, the CLI and `keel sync` send it as a bearer token.",
+    )
+    auth: bool = Field(
+        default=False,
+        description="`keel server` requires a token on every request and enforces roles, "
+        "per-experiment grants and the audit log (the same as --auth).",
     )
     artifact_url: str | None = Field(
         default=None,

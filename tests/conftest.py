@@ -23,7 +23,7 @@ PG_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _TABLES = (
     "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts, "
-    "write_batches"
+    "write_batches, users, api_tokens, experiment_grants, audit_log"
 )
 
 

@@ -22,7 +22,10 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "api_tokens",
     "artifacts",
+    "audit_log",
+    "experiment_grants",
     "experiment_tags",
     "experiments",
     "latest_metrics",
@@ -31,6 +34,7 @@ __all__ = [
     "params",
     "runs",
     "tags",
+    "users",
     "write_batches",
 ]
 
@@ -161,4 +165,72 @@ write_batches = Table(
     metadata,
     Column("batch_id", String(36), primary_key=True),
     Column("created_at", BigInteger, nullable=False),
+)
+
+
+# revision 0005: authentication and authorization (keel server --auth)
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("disabled", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("token_id", String(16), primary_key=True),
+    Column(
+        "user_id",
+        Integer,
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("role", String(8), nullable=False),
+    Column("label", String(128), nullable=False),
+    Column("salt", String(32), nullable=False),
+    Column("digest", String(64), nullable=False),  # sha256(salt + secret), hex
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+experiment_grants = Table(
+    "experiment_grants",
+    metadata,
+    Column(
+        "experiment_id",
+        Integer,
+        ForeignKey("experiments.experiment_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "user_id",
+        Integer,
+        ForeignKey("users.user_id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    Column("permission", String(8), nullable=False),  # read | write | owner
+    Column("granted_by", String(64), nullable=False),
+    Column("granted_at", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BIGINT, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("user_name", String(64), nullable=True),
+    Column("token_id", String(16), nullable=True),
+    Column("method", String(8), nullable=False),
+    Column("path", String(2048), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("targets", Text, nullable=False),  # JSON list: ["experiment/3", "run/<id>"]
+    Column("client", String(64), nullable=False),
+    Index("ix_audit_log_user_name_at", "user_name", "at"),
 )

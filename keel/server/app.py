@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -54,9 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(_authenticate())] if settings.auth else None,
     )
     app.state.settings = settings
     app.state.client = Client(settings)  # applies migrations under the migration lock
+    if settings.auth:
+        _install_auth(app)
     _install_error_handlers(app)
 
     @app.get("/health", tags=["server"])
@@ -122,6 +125,29 @@ async def _watch_lost_runs(client: Client, settings: Settings) -> None:
             log.warning("keel server: lost-run check failed", exc_info=True)
 
 
+def _authenticate() -> Any:
+    from keel.auth.routes import authenticate
+
+    return authenticate
+
+
+def _install_auth(app: FastAPI) -> None:
+    """Tokens on every request, the admin routes and the audit log (``--auth``)."""
+    from keel.auth.audit import AuditMiddleware
+    from keel.auth.routes import router
+    from keel.auth.store import AuthStore
+
+    store = AuthStore(app.state.client.engine)
+    app.state.auth_store = store
+    app.include_router(router)
+    app.add_middleware(AuditMiddleware, store=store)
+    if not store.count_admin_tokens():
+        log.warning(
+            "keel server: authentication is on but no admin token exists; make one with: "
+            "keel users create admin && keel tokens create --user admin --role admin"
+        )
+
+
 def _routers() -> list[Any]:
     """Every capability's routers, in mount order."""
     from keel.tracking.mlflow_compat import router as mlflow_router
@@ -133,7 +159,8 @@ def _routers() -> list[Any]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeelError)
     async def keel_error(_request: Request, exc: KeelError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        headers = {"WWW-Authenticate": 'Bearer realm="keel"'} if exc.status_code == 401 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -35,6 +35,13 @@ __all__ = ["server"]
     help="Worker processes sharing the port (use several on PostgreSQL).",
 )
 @click.option(
+    "--auth",
+    is_flag=True,
+    default=None,
+    help="Require a token on every request and enforce roles, per-experiment grants and the "
+    "audit log (default: KEEL_AUTH, else off). See docs/server.md#authentication.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -46,6 +53,7 @@ def server(
     database_url: str | None,
     artifact_url: str | None,
     workers: int,
+    auth: bool | None,
     log_level: str,
 ) -> None:
     """Serve the tracking REST API (/api/v1, OpenAPI at /api/v1/docs) with uvicorn.
@@ -56,14 +64,18 @@ def server(
     \b
     Examples:
       keel server                                    # http://127.0.0.1:5000 over ./.keel
-      keel server --host 0.0.0.0 --workers 4 \\
+      keel server --host 0.0.0.0 --workers 4 --auth \\
         --database-url postgresql://keel@db.internal/keel \\
         --artifact-url s3://ml-artifacts/keel
     """
     from keel.server.launch import serve
     from keel.settings import Settings
 
-    given: dict[str, Any] = {"database_url": database_url, "artifact_url": artifact_url}
+    given: dict[str, Any] = {
+        "database_url": database_url,
+        "artifact_url": artifact_url,
+        "auth": auth,
+    }
     # only the options given: an explicit None would hide the KEEL_* environment variable
     settings = Settings(**{name: value for name, value in given.items() if value})
     status = serve(settings, host=host, port=port, workers=workers, log_level=log_level)

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from keel.errors import KeelError
 from keel.settings import Settings
 
@@ -44,6 +46,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
         else:
             text = str(value) if isinstance(value, Path) else f"{value}"
         env[f"KEEL_{name.upper()}"] = text

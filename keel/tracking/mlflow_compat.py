@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request, Response
 
 from keel.errors import InvalidInput, NotFound
-from keel.tracking.api import MAX_RESULTS, Client
+from keel.tracking.api import MAX_RESULTS
 from keel.tracking.mlflow_compat_artifacts import router as artifacts_router
 from keel.tracking.mlflow_compat_search import (
     PARENT_TAG,
@@ -60,6 +60,7 @@ from keel.tracking.mlflow_compat_wire import (
     split_tags,
 )
 from keel.tracking.models import LifecycleStage, RunStatus
+from keel.tracking.service import TrackingService
 
 __all__ = ["PREFIX", "router"]
 
@@ -68,7 +69,7 @@ DEFAULT_MAX_RESULTS = 1000
 """What MLflow's server returns when a search names no max_results."""
 
 router = APIRouter(tags=["mlflow"], route_class=MlflowRoute)
-ClientDep = Annotated[Client, Depends(client_of)]
+ClientDep = Annotated[TrackingService, Depends(client_of)]
 Lifecycle = Literal["active", "deleted", "all"]
 
 
@@ -136,7 +137,7 @@ def update_experiment(body: UpdateExperimentRequest, client: ClientDep) -> Empty
     return Empty()
 
 
-def _existing_experiment(client: Client, experiment_id: str) -> int:
+def _existing_experiment(client: TrackingService, experiment_id: str) -> int:
     keel_id = keel_experiment_id(client, experiment_id)
     if keel_id is None:
         raise NotFound(f"No Experiment with id={experiment_id} exists")
@@ -319,7 +320,7 @@ def search_logged_models() -> dict[str, list[str]]:
 
 
 def _log_points(
-    request: Request, client: Client, run_id: str, metrics: Sequence[MetricMessage]
+    request: Request, client: TrackingService, run_id: str, metrics: Sequence[MetricMessage]
 ) -> None:
     """Store metric points now (nothing buffered: the answer means they are stored)."""
     run = client.get_run(run_id)
@@ -338,7 +339,7 @@ def _log_points(
     keep_alive(request, run_id)
 
 
-def _set_tags(client: Client, run_id: str, tags: dict[str, str]) -> None:
+def _set_tags(client: TrackingService, run_id: str, tags: dict[str, str]) -> None:
     """Set tags; ``mlflow.runName`` renames the run, ``mlflow.user`` cannot change."""
     name, user = tags.pop(RUN_NAME_TAG, None), tags.pop(USER_TAG, None)
     if name is not None or user is not None:

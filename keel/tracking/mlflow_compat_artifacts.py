@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from keel.errors import InvalidInput
-from keel.tracking.api import Client
 from keel.tracking.body_reader import BodyReader
 from keel.tracking.mlflow_compat_wire import (
     Empty,
@@ -31,6 +30,7 @@ from keel.tracking.mlflow_compat_wire import (
     error_response,
     keep_alive,
 )
+from keel.tracking.service import TrackingService
 
 __all__ = ["PREFIX", "router"]
 
@@ -38,7 +38,7 @@ PREFIX = "/api/2.0/mlflow-artifacts/artifacts"
 _RUN_PATH = re.compile(r"(?P<experiment>\d+)/(?P<run>[0-9a-f]{32})/artifacts(?:/(?P<rel>.*))?")
 
 router = APIRouter(tags=["mlflow"], route_class=MlflowRoute)
-ClientDep = Annotated[Client, Depends(client_of)]
+ClientDep = Annotated[TrackingService, Depends(client_of)]
 
 
 class FileInfo(BaseModel):

@@ -32,10 +32,12 @@ from keel.errors import (
     KeelError,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
 )
-from keel.tracking.api import DEFAULT_EXPERIMENT, Client
+from keel.tracking.api import DEFAULT_EXPERIMENT
 from keel.tracking.mlflow_compat_search import PARENT_TAG, RUN_NAME_TAG, USER_TAG
 from keel.tracking.models import Experiment, LifecycleStage, Run, RunStatus
+from keel.tracking.service import TrackingService, service_of
 
 __all__ = [
     "DEFAULT_EXPERIMENT_ID",
@@ -89,6 +91,7 @@ _CODES: list[tuple[type[KeelError], int, str]] = [
     (InvalidInput, 400, "INVALID_PARAMETER_VALUE"),
     (Conflict, 400, "INVALID_PARAMETER_VALUE"),
     (PermissionDenied, 403, "PERMISSION_DENIED"),
+    (Unauthenticated, 401, "UNAUTHENTICATED"),
 ]
 
 
@@ -144,10 +147,9 @@ class MlflowRoute(APIRoute):
         return mlflow_errors
 
 
-def client_of(request: Request) -> Client:
-    """The app's one Client (a FastAPI dependency)."""
-    client: Client = request.app.state.client
-    return client
+def client_of(request: Request) -> TrackingService:
+    """The request's tracking service (a FastAPI dependency; see :func:`service_of`)."""
+    return service_of(request)
 
 
 def keep_alive(request: Request, run_id: str) -> None:
@@ -382,7 +384,9 @@ class MetricHistoryResponse(_Response):
 # -- conversions -------------------------------------------------------------------------------
 
 
-def keel_experiment_id(client: Client, experiment_id: str, *, create: bool = False) -> int | None:
+def keel_experiment_id(
+    client: TrackingService, experiment_id: str, *, create: bool = False
+) -> int | None:
     """Keel's id for an MLflow experiment id; "0" is the ``Default`` experiment.
 
     Returns None for "0" when ``Default`` does not exist and ``create`` is false.

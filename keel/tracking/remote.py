@@ -42,7 +42,7 @@ from keel.tracking.models import (
     RunStatus,
 )
 from keel.tracking.remote_artifacts import RemoteArtifactMethods
-from keel.tracking.remote_http import HttpApi, is_unreachable
+from keel.tracking.remote_http import HttpApi, is_unreachable, token_of
 from keel.tracking.remote_sender import MetricSender
 from keel.tracking.source import capture_source as capture_source_info
 from keel.tracking.source import current_user, record_source
@@ -75,7 +75,7 @@ class RemoteClient(RemoteArtifactMethods):
             raise InvalidInput("RemoteClient needs settings.tracking_uri (KEEL_TRACKING_URI)")
         self._closed = False
         self.tracking_uri = self.settings.tracking_uri.rstrip("/")
-        self._api = HttpApi(self.tracking_uri)
+        self._api = HttpApi(self.tracking_uri, token=token_of(self.settings))
         self._open_runs: dict[str, None] = {}
         self.outbox = self.settings.home_path / "outbox"
         self._sender = MetricSender(

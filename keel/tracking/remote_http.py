@@ -26,9 +26,11 @@ from keel.errors import (
     PermissionDenied,
     SchemaMismatch,
     StorageError,
+    Unauthenticated,
 )
+from keel.settings import Settings
 
-__all__ = ["API_PREFIX", "HttpApi", "backoff_delay", "error_from", "is_unreachable"]
+__all__ = ["API_PREFIX", "HttpApi", "backoff_delay", "error_from", "is_unreachable", "token_of"]
 
 API_PREFIX = "/api/v1"
 _ERRORS: dict[str, type[KeelError]] = {
@@ -43,6 +45,7 @@ _ERRORS: dict[str, type[KeelError]] = {
         PermissionDenied,
         StorageError,
         MissingExtra,
+        Unauthenticated,
     )
 }
 #: Context key marking a StorageError raised because the server could not be reached.
@@ -56,6 +59,12 @@ def _version() -> str:
         return version("keel")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "dev"
+
+
+def token_of(settings: Settings) -> str | None:
+    """The API token to send (``KEEL_TRACKING_TOKEN``), or None."""
+    token = settings.tracking_token
+    return token.get_secret_value() if token is not None else None
 
 
 def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
@@ -89,13 +98,24 @@ def error_from(response: httpx.Response) -> KeelError:
 class HttpApi:
     """Requests to one keel server's ``/api/v1`` over a keep-alive ``httpx.Client``."""
 
-    def __init__(self, base_url: str, *, timeout: float = 60.0, attempts: int = 4) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        attempts: int = 4,
+    ) -> None:
+        """``token``: sent as ``Authorization: Bearer`` to a server started with ``--auth``."""
         self.base_url = base_url.rstrip("/")
         self.attempts = attempts
+        headers = {"User-Agent": f"keel/{_version()}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
             base_url=self.base_url + API_PREFIX,
             timeout=httpx.Timeout(timeout, connect=5.0),
-            headers={"User-Agent": f"keel/{_version()}"},
+            headers=headers,
         )
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keel.errors import KeelError, NotFound
+from keel.errors import KeelError, NotFound, Unauthenticated
 from keel.tracking.buffer import PointIntake
 from keel.tracking.models import MAX_METRIC_BATCH
 from keel.tracking.remote_http import HttpApi, is_unreachable
@@ -254,7 +254,7 @@ class MetricSender(PointIntake):
                 try:
                     send_entry(self._http, entry, attempts=attempts)
                 except KeelError as exc:
-                    if is_unreachable(exc):
+                    if _retry_later(exc):
                         self.failures += 1
                         self.last_error = exc
                         return False
@@ -351,6 +351,12 @@ class MetricSender(PointIntake):
                 log.warning("keel: background delivery failed: %s", exc)
 
 
+def _retry_later(exc: KeelError) -> bool:
+    """Keep the points for later: the server is unreachable, or refused the token (an expired
+    or missing KEEL_TRACKING_TOKEN is fixed and ``keel sync`` delivers them)."""
+    return is_unreachable(exc) or isinstance(exc, Unauthenticated)
+
+
 def _delay(failures: int) -> float:
     """Seconds before the next try after ``failures`` failed ones (exponential, jittered)."""
     return min(10.0, 0.25 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
@@ -368,7 +374,9 @@ class SyncReport:
     left: list[Path] = field(default_factory=list)
 
 
-def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
+def sync_outbox(
+    outbox: Path, *, tracking_uri: str | None = None, token: str | None = None
+) -> SyncReport:
     """Deliver the outbox's files, oldest first, each to the server it was meant for.
 
     A file the server takes is deleted; one it refuses (a 4xx) moves to ``outbox/rejected/``;
@@ -395,7 +403,7 @@ def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
             if uri in report.waiting:
                 report.left.append(path)
                 continue
-            api = apis.get(uri) or apis.setdefault(uri, HttpApi(uri))
+            api = apis.get(uri) or apis.setdefault(uri, HttpApi(uri, token=token))
             try:
                 try:
                     send_entry(api, entry, attempts=3)
@@ -407,7 +415,7 @@ def sync_outbox(outbox: Path, *, tracking_uri: str | None = None) -> SyncReport:
                     entry.points, entry.count = kept, len(kept)
                     send_entry(api, entry, attempts=3)
             except KeelError as exc:
-                if is_unreachable(exc):
+                if _retry_later(exc):
                     report.waiting[uri] = str(exc)
                     report.left.append(path)
                     continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from keel.settings import Settings
+from keel.tracking.remote_http import token_of
 from keel.tracking.remote_sender import sync_outbox
 
 __all__ = ["sync"]
@@ -28,8 +29,9 @@ def sync(tracking_uri: str | None) -> None:
       keel sync
       keel sync --tracking-uri http://keel.internal:5000
     """
-    outbox = Settings().home_path / "outbox"
-    report = sync_outbox(outbox, tracking_uri=tracking_uri)
+    settings = Settings()
+    outbox = settings.home_path / "outbox"
+    report = sync_outbox(outbox, tracking_uri=tracking_uri, token=token_of(settings))
     click.echo(
         f"Delivered {report.delivered_points} metric points ({report.delivered_files} files)"
         + (f" and ended {len(report.ended_runs)} runs" if report.ended_runs else "")

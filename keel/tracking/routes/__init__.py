@@ -1,9 +1,10 @@
 """The native tracking REST API under ``/api/v1``: experiments, runs, metrics, search, artifacts.
 
-Each route calls the app's :class:`keel.tracking.api.Client` and speaks the wire models of
-:mod:`keel.tracking.models`, from which FastAPI derives validation and the OpenAPI document
-(``/api/v1/openapi.json``). Errors are :class:`keel.errors.KeelError` s that the app turns into
-``{"error": code, "message": ...}`` JSON. See ``docs/server.md``.
+Each route calls the request's :class:`keel.tracking.service.TrackingService` (the app's
+:class:`keel.tracking.api.Client`, or the caller's checked view of it with ``--auth``) and
+speaks the wire models of :mod:`keel.tracking.models`, from which FastAPI derives validation
+and the OpenAPI document (``/api/v1/openapi.json``). Errors are :class:`keel.errors.KeelError` s
+that the app turns into ``{"error": code, "message": ...}`` JSON. See ``docs/server.md``.
 """
 
 from fastapi import APIRouter

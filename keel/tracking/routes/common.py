@@ -1,30 +1,25 @@
-"""What every route module shares: the Client dependency and path parameter types."""
+"""What every route module shares: the tracking service dependency and path parameter types."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path
 
-from keel.tracking.api import Client
 from keel.tracking.models import INT32_MAX, MAX_NAME_LENGTH
+from keel.tracking.service import TrackingService, service_of
 
 __all__ = ["ClientDep", "ExperimentIdPath", "NameText", "RunIdPath", "now_ms"]
 
 NO_NUL = r"^[^\x00]*$"
 
 
-def _client(request: Request) -> Client:
-    client: Client = request.app.state.client
-    return client
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-ClientDep = Annotated[Client, Depends(_client)]
+ClientDep = Annotated[TrackingService, Depends(service_of)]
 RunIdPath = Annotated[
     str, Path(min_length=1, max_length=32, pattern=NO_NUL, description="the run's 32-hex id")
 ]
