@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, select, update
@@ -49,6 +51,7 @@ __all__ = [
 
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class TrackingStore(MetricsStore):
@@ -173,6 +176,13 @@ class TrackingStore(MetricsStore):
         parent_run_id: str | None = None,
         start_time: int | None = None,
     ) -> Run:
+        """Insert a RUNNING run.
+
+        Raises:
+            NotFound: no such experiment, or no run ``parent_run_id`` (the parent may be in
+                another experiment, or deleted, as in MLflow, but it must exist).
+            InvalidInput: the experiment is deleted, or a name, tag or key is malformed.
+        """
         run_id = uuid.uuid4().hex
         start = start_time if start_time is not None else now_ms()
         name = run_name or _generated_name(run_id)
@@ -196,6 +206,8 @@ class TrackingStore(MetricsStore):
                     f"experiment {experiment_id} is deleted; restore it before adding runs",
                     experiment_id=experiment_id,
                 )
+            if parent_run_id is not None:
+                self._require_parent(conn, parent_run_id)
             run_key = conn.execute(
                 schema.runs.insert()
                 .returning(schema.runs.c.run_key)
@@ -229,15 +241,51 @@ class TrackingStore(MetricsStore):
             tags={row["key"]: row["value"] for row in tag_rows},
         )
 
+    def _require_parent(self, conn: Connection, parent_run_id: str) -> None:
+        r = schema.runs
+        found = (
+            _RUN_ID.fullmatch(parent_run_id) is not None
+            and conn.execute(select(r.c.run_id).where(r.c.run_id == parent_run_id)).scalar()
+            is not None
+        )
+        if not found:
+            raise NotFound(
+                f"no run with id {parent_run_id!r} to be the parent of the new run; pass the "
+                "id of an existing run as parent_run_id (or none)",
+                parent_run_id=parent_run_id,
+            )
+
     def set_run_status(self, run_id: str, status: RunStatus, *, end_time: int | None) -> None:
+        """Set a run's status and end time.
+
+        Args:
+            end_time: when the run ended (ms since the epoch); None means now, or the run's
+                start if that is later (a caller's clock ahead of this one), so a time this
+                store picks never makes a negative duration.
+
+        Raises:
+            NotFound: no such run.
+            InvalidInput: ``end_time`` is before the run's start time.
+        """
+        r = schema.runs
         with self._write() as conn, conn.begin():
-            count = conn.execute(
-                update(schema.runs)
-                .where(schema.runs.c.run_id == run_id)
-                .values(status=status.value, end_time=end_time)
-            ).rowcount
-        if not count:
-            raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+            start = conn.execute(select(r.c.start_time).where(r.c.run_id == run_id)).scalar()
+            if start is None:
+                raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
+            if end_time is None:
+                end_time = max(now_ms(), start)
+            elif end_time < start:
+                raise InvalidInput(
+                    f"run {run_id} cannot end at {end_time} ({_utc(end_time)}): that is before "
+                    f"it started, at {start} ({_utc(start)}); send an end_time at or after the "
+                    "start_time, or none to end it now",
+                    run_id=run_id,
+                    start_time=start,
+                    end_time=end_time,
+                )
+            conn.execute(
+                update(r).where(r.c.run_id == run_id).values(status=status.value, end_time=end_time)
+            )
 
     def rename_run(self, run_id: str, new_name: str) -> None:
         _check_name(new_name, what="run")
@@ -505,6 +553,14 @@ def _check_name(name: object, *, what: str) -> str:
     if len(name) > MAX_KEY_LENGTH:
         raise InvalidInput(f"{what} name is {len(name)} characters; the limit is 250")
     return name
+
+
+def _utc(ms: int) -> str:
+    """A time in ms since the epoch as ISO 8601 UTC, for messages."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
 
 
 def _param_value(key: str, value: Any) -> str:
