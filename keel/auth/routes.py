@@ -38,6 +38,7 @@ from keel.auth.models import (
 from keel.auth.store import AuthStore
 from keel.errors import NotFound, PermissionDenied, Unauthenticated
 from keel.tracking.models import INT32_MAX, ErrorBody
+from keel.tracking.routes.common import NO_NUL
 from keel.tracking.service import TrackingService
 
 __all__ = ["PUBLIC_PATHS", "authenticate", "router"]
@@ -270,10 +271,11 @@ def _protect_owner(store: AuthStore, experiment_id: int, user: str, caller: Prin
 def audit(
     _admin: AdminDep,
     store: StoreDep,
-    user: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    user: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     target: Annotated[
-        str | None, Query(max_length=300, description='"experiment/3", "run/<id>", "user/bob"')
+        str | None,
+        Query(max_length=300, pattern=NO_NUL, description='"experiment/3", "run/<id>", "user/bob"'),
     ] = None,
     since: Annotated[int | None, Query(ge=0, le=2**62, description="ms since the epoch")] = None,
     until: Annotated[int | None, Query(ge=0, le=2**62)] = None,

@@ -447,16 +447,23 @@ def test_fuzzed_requests_never_get_a_server_error(home) -> None:  # type: ignore
             # random ids would only ever meet 404s: point ids at an experiment and run that exist
             experiment = client.create_experiment(f"fuzz-{n}")
             run = client.create_remote_run(experiment.experiment_id, host="h", user="u")
-            _fuzz(operation, {"experiment_id": experiment.experiment_id, "run_id": run.run_id})
+            fuzz(operation, {"experiment_id": experiment.experiment_id, "run_id": run.run_id})
     finally:
         client.close()
 
 
-def _fuzz(operation: Any, known: dict[str, Any]) -> None:
+def fuzz(
+    operation: Any,
+    known: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    examples: int = 20,
+) -> None:
+    """Generated requests to one operation, ids pointed at ``known`` ones: none may get a 5xx."""
     from hypothesis import HealthCheck, given, settings
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     def no_server_error(case: Any) -> None:
         for name in set(known) & set(case.path_parameters or {}):
             case.path_parameters[name] = known[name]
@@ -466,7 +473,7 @@ def _fuzz(operation: Any, known: dict[str, Any]) -> None:
             for point in case.body.get("points") or []:
                 if isinstance(point, dict) and "run_id" in point:
                     point["run_id"] = known["run_id"]
-        response = case.call()
+        response = case.call(headers=headers)
         where = f"{case.method} {case.formatted_path}"
         assert response.status_code < 500, f"{where}: {response.text}"
         if response.status_code >= 400:
