@@ -118,9 +118,12 @@ class MetricsStore(SqlStore):
         ]
         with self._write() as conn, conn.begin():
             if batch_id is not None:
-                claim = self._insert(schema.write_batches).on_conflict_do_nothing()
-                claimed = conn.execute(claim, {"batch_id": batch_id, "created_at": now_ms()})
-                if claimed.rowcount == 0:
+                wb = schema.write_batches
+                # RETURNING, not rowcount: SQLAlchemy reports -1 as an INSERT's rowcount on
+                # PostgreSQL, which let every retried batch through
+                claim = self._insert(wb).on_conflict_do_nothing().returning(wb.c.batch_id)
+                row = {"batch_id": batch_id, "created_at": now_ms()}
+                if conn.execute(claim, row).first() is None:
                     return False
             conn.exec_driver_sql(self._metrics_sql, history)
             conn.execute(self._latest_upsert, latest_rows)
