@@ -2,24 +2,41 @@
 
 Points arrive in batches: one ``executemany`` into the history and one upsert of the latest
 value per (run, key), where a point replaces the latest only if its (step, timestamp) is not
-older. Reads of long histories are aggregated in SQL (curves, downsampled buckets).
+older. Reads of long histories are aggregated in SQL (curves, downsampled buckets). The ids of
+remote clients' batches are kept for :data:`WRITE_BATCH_RETENTION`, so a retried batch is
+stored once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, delete, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from keel.db import schema
 from keel.errors import NotFound
 from keel.tracking.models import Metric, MetricBucket
 from keel.tracking.store_base import IN_CHUNK, PointTuple, SqlStore, now_ms
 
-__all__ = ["MetricCurve", "MetricsStore"]
+__all__ = ["WRITE_BATCH_RETENTION", "MetricCurve", "MetricsStore"]
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH_RETENTION = 7 * 24 * 3600.0
+"""Seconds a batch id is remembered. A client retries within seconds; a batch resent later than
+this (an outbox ``keel sync`` delivers a week late) is stored again if it had been applied."""
+
+PRUNE_INTERVAL = 3600.0
+"""Seconds between two prunes of expired batch ids by one store. Each prune scans the table
+(``created_at`` has no index), so it runs at most this often, not on every batch."""
+
+_PRUNE_CHUNK = 10_000  # batch ids deleted per transaction: a writer never waits long on them
 
 
 @dataclass
@@ -53,6 +70,7 @@ class MetricsStore(SqlStore):
                 and_(new.step == lm.c.step, new.timestamp >= lm.c.timestamp),
             ),
         )
+        self._next_prune = 0.0  # time.monotonic() of the next prune of expired batch ids
 
     def _run_keys(self, run_ids: Iterable[str]) -> dict[str, int]:
         """Integer keys of runs (cached); raises NotFound naming every id that does not exist."""
@@ -84,7 +102,9 @@ class MetricsStore(SqlStore):
 
         The batch is written whole or not at all. With a ``batch_id``, the id is recorded in
         the same transaction, and a batch whose id is already recorded is skipped, so a client
-        that retries a batch after a lost answer stores its points once.
+        that retries a batch after a lost answer stores its points once. Ids older than
+        :data:`WRITE_BATCH_RETENTION` are deleted after a recorded batch, at most every
+        :data:`PRUNE_INTERVAL` seconds.
 
         Returns:
             False when the batch was skipped as already applied, else True.
@@ -127,7 +147,41 @@ class MetricsStore(SqlStore):
                     return False
             conn.exec_driver_sql(self._metrics_sql, history)
             conn.execute(self._latest_upsert, latest_rows)
+        if batch_id is not None:
+            self._prune_now_and_then()
         return True
+
+    def _prune_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_INTERVAL
+        try:
+            self.prune_write_batches()
+        except SQLAlchemyError:
+            # the batch is stored; the ids wait for the next prune
+            log.warning("keel: could not delete expired metric batch ids", exc_info=True)
+
+    def prune_write_batches(self, *, older_than: float = WRITE_BATCH_RETENTION) -> int:
+        """Forget the ids of metric batches recorded more than ``older_than`` seconds ago.
+
+        Deleted a chunk per transaction, so writers are never held up for long. A batch
+        resent after its id is gone is stored again.
+
+        Returns:
+            How many ids were deleted.
+        """
+        wb = schema.write_batches
+        cutoff = now_ms() - int(older_than * 1000)
+        expired = select(wb.c.batch_id).where(wb.c.created_at < cutoff).limit(_PRUNE_CHUNK)
+        statement = delete(wb).where(wb.c.batch_id.in_(expired))
+        deleted = 0
+        while True:
+            with self._write() as conn, conn.begin():
+                count = conn.execute(statement).rowcount
+            deleted += count
+            if count < _PRUNE_CHUNK:
+                return deleted
 
     def metric_history(self, run_id: str, key: str) -> list[Metric]:
         m, r = schema.metrics, schema.runs
