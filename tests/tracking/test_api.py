@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -208,7 +209,8 @@ def test_source_is_recorded(tmp_path: Path) -> None:
     assert "sqlalchemy==" in packages.lower()
 
 
-def test_artifacts_round_trip(home: Path, tmp_path: Path) -> None:
+def test_artifacts_round_trip(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the default dst, not in /tmp
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("alpha")
@@ -236,6 +238,7 @@ def test_artifacts_round_trip(home: Path, tmp_path: Path) -> None:
     assert (out / "a.txt").read_text() == "alpha"
     assert (out / "sub" / "b.bin").read_bytes() == bytes(range(256))
     everything = keel.download_artifacts(run.run_id)
+    assert everything.parent == tmp_path and everything.name.startswith("keel-")
     assert json.loads((everything / "config.json").read_text()) == {"a": 1, "b": [1, 2]}
     assert (everything / "config.yaml").read_text().strip() == "a: 1"
     assert (everything / "models" / "model.pkl").read_bytes() == b"weights"
