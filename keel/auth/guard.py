@@ -58,6 +58,8 @@ class GuardedClient:
         self._store = store
         self.principal = principal
         self.targets = targets
+        # what this request has looked up already (a GuardedClient lives for one request)
+        self._seen_runs: dict[str, tuple[int, Permission | None]] = {}
 
     @property
     def settings(self) -> Settings:
@@ -101,7 +103,10 @@ class GuardedClient:
         self.targets.extend(f"run/{run_id}" for run_id in dict.fromkeys(run_ids))
         if self.principal.is_admin:
             return
-        found = self._store.run_permissions(self.principal.user_id, run_ids)
+        unknown = [run_id for run_id in run_ids if run_id not in self._seen_runs]
+        if unknown:  # one request often checks the same run several times (MLflow's log-batch)
+            self._seen_runs.update(self._store.run_permissions(self.principal.user_id, unknown))
+        found = self._seen_runs
         for run_id in run_ids:
             if run_id not in found:
                 raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
