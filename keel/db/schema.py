@@ -164,7 +164,8 @@ write_batches = Table(
     "write_batches",
     metadata,
     Column("batch_id", String(36), primary_key=True),
-    Column("created_at", BigInteger, nullable=False),
+    # revision 0006: pruning ids past the retention window scans a range of this index
+    Column("created_at", BigInteger, nullable=False, index=True),
 )
 
 

@@ -240,9 +240,8 @@ class Client(ArtifactMethods):
             raise InvalidInput(f"end_run needs a final status, not {final.value}")
         self._open_runs.pop(run_id, None)
         self._buffer.flush()
-        self.store.set_run_status(
-            run_id, final, end_time=now_ms() if end_time is None else end_time
-        )
+        # None: the store picks now, or the start if a caller's clock ran ahead of ours
+        self.store.set_run_status(run_id, final, end_time=end_time)
 
     def get_run(self, run_id: str) -> Run:
         self._buffer.flush()

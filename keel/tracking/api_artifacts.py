@@ -171,16 +171,15 @@ class ArtifactMethods:
 
         Raises:
             NotFound: the run has no artifact at ``path``.
+            Conflict: a local file stands where a folder must go, or a folder where a file
+                goes; nothing is written then.
             StorageError: a stored object does not match its hash (corruption).
         """
         entries = self.list_artifacts(run_id, path)
         if not entries:
             raise NotFound(f"run {run_id} has no artifact at {path!r}", run_id=run_id, path=path)
         root = Path(dst)
-        for entry in entries:
-            target = root / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.artifacts.get_file(entry.digest, target)
+        self.artifacts.get_files({entry.path: entry.digest for entry in entries}, root)
         return root / _clean(path) if path else root
 
     def read_artifact(self, run_id: str, path: str) -> bytes:

@@ -186,7 +186,7 @@ def update_run(body: UpdateRunRequest, client: ClientDep) -> UpdateRunResponse:
     if body.status:
         status = _run_status(body.status)
         if status.is_terminal:
-            client.end_run(run_id, status=status)
+            client.end_run(run_id, status=status, end_time=body.end_time)
             run = client.get_run(run_id)
         elif status is not run.status:
             raise InvalidInput(

@@ -4,13 +4,15 @@ API (which all reach the same store method), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from keel.errors import InvalidInput, NotFound
+from keel.errors import Conflict, InvalidInput, NotFound
 from keel.server import create_app
 from keel.settings import Settings
 from keel.tracking.api import Client
@@ -131,3 +133,37 @@ def test_mlflow_create_run_checks_the_parent_tag(http: httpx.Client) -> None:
     assert child.status_code == 200, child.text
     tags = {t["key"]: t["value"] for t in child.json()["run"]["data"]["tags"]}
     assert tags["mlflow.parentRunId"] == parent_id
+
+
+def test_mlflow_end_run_keeps_the_clients_end_time(http: httpx.Client) -> None:
+    """An MLflow client whose clock runs an hour ahead of the server's still ends its runs: the
+    end time it sends is used, not the server's (which would fall before the start)."""
+    ahead = int(time.time() * 1000) + 3_600_000
+    created = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0", "start_time": ahead})
+    run_id = created.json()["run"]["info"]["run_id"]
+    ended = http.post(
+        f"{MLFLOW}/runs/update",
+        json={"run_id": run_id, "status": "FINISHED", "end_time": ahead + 5_000},
+    )
+    assert ended.status_code == 200, ended.text
+    assert int(ended.json()["run_info"]["end_time"]) == ahead + 5_000
+    # and with no end time the server's clock is used, but never before the start
+    second = http.post(f"{MLFLOW}/runs/create", json={"experiment_id": "0", "start_time": ahead})
+    second_id = second.json()["run"]["info"]["run_id"]
+    http.post(f"{MLFLOW}/runs/update", json={"run_id": second_id, "status": "KILLED"})
+    assert http.get(f"{API}/runs/{second_id}").json()["end_time"] == ahead
+
+
+def test_download_into_a_clashing_folder_is_a_conflict(client: Client, tmp_path: Path) -> None:
+    run = client.create_run(_experiment(client))
+    client.log_text(run.run_id, "weights", "model/a")
+    client.log_text(run.run_id, "card", "model/b")
+    dst = tmp_path / "out"
+    (dst / "model").mkdir(parents=True)
+    (dst / "model" / "a").mkdir()  # a folder where the file 'model/a' must go
+    (dst / "model" / "keep.txt").write_text("mine")
+    with pytest.raises(Conflict) as raised:
+        client.download_artifacts(run.run_id, "model", dst=dst)
+    assert str(dst / "model" / "a") in raised.value.message
+    assert not (dst / "model" / "b").exists()  # nothing half-written
+    assert (dst / "model" / "keep.txt").read_text() == "mine"
