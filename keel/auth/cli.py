@@ -224,7 +224,7 @@ def list_tokens(user: str | None, as_json: bool) -> None:
                 t.role,
                 t.label,
                 _when(t.created_at),
-                state(t.expires_at, t.revoked_at),
+                state(t),
             ]
             for t in found
         ],
