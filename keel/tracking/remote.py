@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
 
-from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound
+from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound, Unauthenticated
 from keel.settings import Settings
 from keel.tracking.api import Client
 from keel.tracking.inputs import (
@@ -298,6 +298,7 @@ class RemoteClient(RemoteArtifactMethods):
         self._open_runs.pop(run_id, None)
         ended_at = now_ms() if end_time is None else end_time
         left = self._sender.flush(self.settings.remote_flush_timeout)
+        reason = self._sender.last_error
         if not left:
             try:
                 self._api.request(
@@ -305,15 +306,17 @@ class RemoteClient(RemoteArtifactMethods):
                 )
                 return
             except KeelError as exc:
-                if not is_unreachable(exc):
+                # as for its points: a refused token is fixed, then keel sync ends the run
+                if not (is_unreachable(exc) or isinstance(exc, Unauthenticated)):
                     raise
+                reason = exc
         self._sender.queue_end_run(run_id, final.value, ended_at)
         files = self._sender.spill_all()
         self.undelivered = left
         _report(
             f"keel: could not deliver {left} metric points and the end ({final.value}) of run "
             f"{run_id} to {self.tracking_uri} within {self.settings.remote_flush_timeout:g} s "
-            f"({self._sender.last_error}). They are saved in {self.outbox} ({len(files)} "
+            f"({reason}). They are saved in {self.outbox} ({len(files)} "
             "files); send them when the server is back with: keel sync"
         )
 
