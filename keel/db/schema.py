@@ -96,6 +96,8 @@ runs = Table(
     # revision 0002: liveness, so a killed process's run is found and marked LOST
     Column("pid", Integer, nullable=True),
     Column("heartbeat_at", BigInteger, nullable=True),
+    # revision 0007: the boot and PID namespace ``pid`` belongs to (keel.tracking.liveness)
+    Column("process_space", String(64), nullable=True),
     Index(
         "ix_runs_experiment_id_lifecycle_stage_start_time",
         "experiment_id",

@@ -30,7 +30,7 @@ from keel.tracking.inputs import (
     metric_point,
     metric_points,
 )
-from keel.tracking.liveness import HOST, lost_runs
+from keel.tracking.liveness import HOST, PROCESS_SPACE, lost_runs
 from keel.tracking.models import (
     Experiment,
     LifecycleStage,
@@ -173,6 +173,7 @@ class Client(ArtifactMethods):
             user=current_user(),
             host=HOST,
             pid=os.getpid(),
+            process_space=PROCESS_SPACE,
             tags=_run_tags(HOST, parent_run_id, tags, source),
             parent_run_id=parent_run_id,
             start_time=start_time,

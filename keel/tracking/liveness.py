@@ -1,8 +1,11 @@
 """Is the process that started a run still alive? How a SIGKILLed run is found and marked LOST.
 
-A run records its host and process id and refreshes ``heartbeat_at`` while it is open. A RUNNING
-run started on this host whose process is gone (or whose pid now belongs to a younger process)
-is lost at once; a run from another host is lost when its heartbeat is older than the timeout.
+A run records its host, its process id and the *process space* that id belongs to (this boot of
+the machine and its PID namespace), and refreshes ``heartbeat_at`` while it is open. A RUNNING
+run started in this process space whose process is gone (or whose pid now belongs to a younger
+process) is lost at once. Any other run, from another host, from another container that happens
+to share this host name, or from before a reboot, is lost when its heartbeat is older than the
+timeout: its pid means nothing here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from keel.tracking.store import RunningRun
 
-__all__ = ["HOST", "lost_runs", "process_alive"]
+__all__ = ["HOST", "PROCESS_SPACE", "lost_runs", "process_alive", "process_space"]
 
 HOST = socket.gethostname()
 
@@ -30,6 +33,19 @@ def _boot_time() -> float | None:
 
 
 _BOOT = _boot_time()
+
+
+def process_space() -> str | None:
+    """This boot and PID namespace, as ``<boot id>:<pid namespace inode>`` (None off Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+    return f"{boot}:{namespace.removeprefix('pid:[').rstrip(']')}"[:64]
+
+
+PROCESS_SPACE = process_space()
 
 
 def process_alive(pid: int, *, started_before_ms: int | None = None) -> bool:
@@ -58,12 +74,19 @@ def process_alive(pid: int, *, started_before_ms: int | None = None) -> bool:
 
 
 def lost_runs(
-    running: Iterable[RunningRun], *, now_ms: int, timeout_s: float, host: str = HOST
+    running: Iterable[RunningRun],
+    *,
+    now_ms: int,
+    timeout_s: float,
+    host: str = HOST,
+    space: str | None = PROCESS_SPACE,
 ) -> list[str]:
     """The ids among ``running`` whose process is gone."""
     lost = []
     for run in running:
-        if run.host == host and run.pid is not None:
+        # a run recorded before revision 0007 has no space: its host name has to do
+        ours = run.process_space is None or run.process_space == space
+        if run.host == host and run.pid is not None and ours:
             # the run's own process started before its first heartbeat (the insert); a process
             # that reused the pid started after the run's last heartbeat
             last = run.start_time if run.heartbeat_at is None else run.heartbeat_at

@@ -172,11 +172,12 @@ class TrackingStore(MetricsStore):
         user: str,
         host: str,
         pid: int | None,
+        process_space: str | None = None,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
         start_time: int | None = None,
     ) -> Run:
-        """Insert a RUNNING run.
+        """Insert a RUNNING run (``pid`` and ``process_space`` name a process of this machine).
 
         Raises:
             NotFound: no such experiment, or no run ``parent_run_id`` (the parent may be in
@@ -222,6 +223,7 @@ class TrackingStore(MetricsStore):
                     parent_run_id=parent_run_id,
                     host=host,
                     pid=pid,
+                    process_space=process_space,
                     # the insert time, not the caller's start_time (which may be in the past)
                     heartbeat_at=now_ms(),
                 )
@@ -407,9 +409,9 @@ class TrackingStore(MetricsStore):
 
     def running_runs(self) -> list[RunningRun]:
         r = schema.runs
-        query = select(r.c.run_id, r.c.host, r.c.pid, r.c.start_time, r.c.heartbeat_at).where(
-            r.c.status == RunStatus.RUNNING.value
-        )
+        query = select(
+            r.c.run_id, r.c.host, r.c.pid, r.c.start_time, r.c.heartbeat_at, r.c.process_space
+        ).where(r.c.status == RunStatus.RUNNING.value)
         with self._read() as conn:
             return [RunningRun(*row) for row in conn.execute(query)]
 

@@ -56,6 +56,7 @@ class RunningRun(NamedTuple):
     pid: int | None
     start_time: int
     heartbeat_at: int | None
+    process_space: str | None = None  # the boot and PID namespace ``pid`` belongs to
 
 
 def check_key(key: object, *, what: str) -> str:

@@ -337,3 +337,35 @@ def test_two_folders_logged_to_one_path_add_up(home: Path, tmp_path: Path) -> No
     client = keel.tracking.fluent.get_client()
     paths = [a.path for a in client.list_artifacts(run.run_id)]
     assert paths == ["model.pkl", "out/model.pkl", "out/plot.png", "plot.png"]
+
+
+def test_a_pid_from_another_container_with_this_host_name_is_not_checked_here(
+    sqlite_client: Client,
+) -> None:
+    """Two containers may share a host name and reuse pids: a run whose pid belongs to another
+    boot or PID namespace is judged by its heartbeats, not by a pid lookup here."""
+    from sqlalchemy import update
+
+    from keel.db import schema
+    from keel.tracking.liveness import HOST, PROCESS_SPACE
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    experiment_id = sqlite_client.get_or_create_experiment("e").experiment_id
+
+    def run_in(space: str | None) -> str:
+        return sqlite_client.store.create_run(
+            experiment_id=experiment_id,
+            run_name=None,
+            user="u",
+            host=HOST,
+            pid=dead.pid,
+            process_space=space,
+        ).run_id
+
+    elsewhere = run_in("another-boot:4026531836")
+    here = run_in(PROCESS_SPACE)
+    assert sqlite_client.mark_lost_runs() == [here]  # its process is gone: lost at once
+    with sqlite_client.engine.begin() as conn:
+        conn.execute(update(schema.runs).values(heartbeat_at=0))
+    assert sqlite_client.mark_lost_runs() == [elsewhere]  # once its heartbeats are stale
