@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
 
-from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound, Unauthenticated
+from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound
 from keel.settings import Settings
 from keel.tracking.api import Client
 from keel.tracking.inputs import (
@@ -42,8 +42,8 @@ from keel.tracking.models import (
     RunStatus,
 )
 from keel.tracking.remote_artifacts import RemoteArtifactMethods
-from keel.tracking.remote_http import HttpApi, is_unreachable, token_of
-from keel.tracking.remote_sender import MetricSender
+from keel.tracking.remote_http import HttpApi, token_of
+from keel.tracking.remote_sender import MetricSender, retry_later
 from keel.tracking.source import capture_source as capture_source_info
 from keel.tracking.source import current_user, record_source
 from keel.tracking.store import MetricCurve, PointTuple, check_key, now_ms
@@ -127,15 +127,18 @@ class RemoteClient(RemoteArtifactMethods):
         _remote_clients.discard(self)
 
     def _finish_delivery(self, *, what: str) -> int:
-        left = self._sender.flush(self.settings.remote_flush_timeout) if self._sender.pending else 0
-        if left:
+        waiting = self._sender.pending or self._sender.writes_pending
+        left = self._sender.flush(self.settings.remote_flush_timeout) if waiting else 0
+        writes = self._sender.writes_pending
+        if left or writes:
             files = self._sender.spill_all()
+            also = f" and {writes} params/tags writes or run ends" if writes else ""
             _report(
-                f"keel: {left} metric points could not be delivered to {self.tracking_uri} "
+                f"keel: {left} metric points{also} could not be delivered to {self.tracking_uri} "
                 f"{what} ({self._sender.last_error}). They are saved in {self.outbox} "
                 f"({len(files)} files); send them when the server is back with: keel sync"
             )
-        return left
+        return left + writes
 
     # -- experiments ----------------------------------------------------------------------
     def create_experiment(self, name: str, *, tags: Mapping[str, str] | None = None) -> Experiment:
@@ -299,7 +302,7 @@ class RemoteClient(RemoteArtifactMethods):
         ended_at = now_ms() if end_time is None else end_time
         left = self._sender.flush(self.settings.remote_flush_timeout)
         reason = self._sender.last_error
-        if not left:
+        if not left and not self._sender.writes_pending:
             try:
                 self._api.request(
                     "PATCH", f"/runs/{run_id}", json={"status": final.value, "end_time": ended_at}
@@ -307,14 +310,17 @@ class RemoteClient(RemoteArtifactMethods):
                 return
             except KeelError as exc:
                 # as for its points: a refused token is fixed, then keel sync ends the run
-                if not (is_unreachable(exc) or isinstance(exc, Unauthenticated)):
+                if not retry_later(exc):
                     raise
                 reason = exc
+        writes = self._sender.writes_pending
         self._sender.queue_end_run(run_id, final.value, ended_at)
         files = self._sender.spill_all()
         self.undelivered = left
+        also = f", {writes} params/tags writes" if writes else ""
         _report(
-            f"keel: could not deliver {left} metric points and the end ({final.value}) of run "
+            f"keel: could not deliver {left} metric points{also} and the end ({final.value}) of "
+            f"run "
             f"{run_id} to {self.tracking_uri} within {self.settings.remote_flush_timeout:g} s "
             f"({reason}). They are saved in {self.outbox} ({len(files)} "
             "files); send them when the server is back with: keel sync"
@@ -368,15 +374,37 @@ class RemoteClient(RemoteArtifactMethods):
         self.log_params(run_id, {key: value})
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        body = {"params": {check_key(k, what="param"): str(v) for k, v in params.items()}}
-        self._api.request("POST", f"/runs/{run_id}/params", json=body)
+        """Record params; while the server is away they wait with the run's points."""
+        self._write(
+            "params", run_id, {check_key(k, what="param"): str(v) for k, v in params.items()}
+        )
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
         self.set_tags(run_id, {key: value})
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        body = {"tags": {check_key(k, what="tag"): str(v) for k, v in tags.items()}}
-        self._api.request("POST", f"/runs/{run_id}/tags", json=body)
+        """Set tags; while the server is away they wait with the run's points."""
+        self._write("tags", run_id, {check_key(k, what="tag"): str(v) for k, v in tags.items()})
+
+    def _write(self, kind: str, run_id: str, values: dict[str, str]) -> None:
+        """Send params or tags now; if the server cannot take them, queue them in order.
+
+        Sent at once while the server answers, so a conflicting param is an error here. Once
+        it does not (or while earlier writes still wait, which must land first), they join the
+        queue the background thread delivers, and the outbox and ``keel sync`` after that.
+        """
+        if not self._sender.failures and not self._sender.writes_pending:
+            try:
+                self._api.request("POST", f"/runs/{run_id}/{kind}", json={kind: values})
+                return
+            except KeelError as exc:
+                if not retry_later(exc):
+                    raise
+                _report(
+                    f"keel: {self.tracking_uri} cannot take the {kind} of run {run_id} now "
+                    f"({exc}); they wait with its metric points"
+                )
+        self._sender.queue_write(kind, run_id, values)
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self._api.request("DELETE", f"/runs/{run_id}/tags/{_name(key)}")

@@ -36,6 +36,7 @@ __all__ = [
     "MetricSender",
     "SyncReport",
     "read_entry",
+    "retry_later",
     "send_entry",
     "sync_outbox",
     "write_entry",
@@ -43,19 +44,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _JSON = {"content-type": "application/json"}
+WRITES = ("params", "tags")
+"""Entry kinds that carry a run's params or tags, queued while the server cannot take them."""
 
 
 @dataclass(eq=False)
 class Entry:
-    """One request waiting to be sent: a batch of points, or the end of a run."""
+    """One request waiting to be sent: a batch of points, params or tags, or the end of a run."""
 
-    kind: str  # "metrics" or "end_run"
+    kind: str  # "metrics", "params", "tags" or "end_run"
     batch_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     points: list[PointTuple] = field(default_factory=list)
     count: int = 0
     run_id: str = ""
     status: str = ""
     end_time: int = 0
+    values: dict[str, str] = field(default_factory=dict)  # params or tags
     path: Path | None = None  # its outbox file, once spilled
 
 
@@ -87,6 +91,14 @@ def send_entry(http: HttpApi, entry: Entry, *, attempts: int) -> None:
             attempts=attempts,
         )
         return
+    if entry.kind in WRITES:  # the same params or tags again are harmless: no batch id needed
+        http.request(
+            "POST",
+            f"/runs/{entry.run_id}/{entry.kind}",
+            json={entry.kind: entry.values},
+            attempts=attempts,
+        )
+        return
     points = entry.points
     if not points and entry.path is not None:
         if not entry.path.exists():
@@ -108,6 +120,8 @@ def write_entry(outbox: Path, entry: Entry, *, tracking_uri: str) -> Path:
     }
     if entry.kind == "end_run":
         data.update(run_id=entry.run_id, status=entry.status, end_time=entry.end_time)
+    elif entry.kind in WRITES:
+        data.update(run_id=entry.run_id, values=entry.values)
     else:
         data["points"] = [list(p) for p in entry.points]
     path = entry.path or outbox / f"{time.time_ns():020d}-{entry.batch_id}.json"
@@ -134,6 +148,7 @@ def read_entry(path: Path) -> tuple[str, Entry]:
         run_id=data.get("run_id", ""),
         status=data.get("status", ""),
         end_time=int(data.get("end_time", 0)),
+        values={str(k): str(v) for k, v in data.get("values", {}).items()},
         path=path,
     )
     return str(data["tracking_uri"]), entry
@@ -219,6 +234,19 @@ class MetricSender(PointIntake):
         self._spill(keep=0)
         return self.spilled_files
 
+    @property
+    def writes_pending(self) -> int:
+        """Params and tags writes (and run ends) waiting behind an unreachable server."""
+        with self._lock:
+            return sum(e.kind != "metrics" for e in (*self._spilled, *self._queue))
+
+    def queue_write(self, kind: str, run_id: str, values: dict[str, str]) -> None:
+        """Queue params or tags behind the points logged before them (the server is away)."""
+        assert kind in WRITES
+        self._cut()
+        with self._lock:
+            self._queue.append(Entry(kind, run_id=run_id, values=dict(values)))
+
     def queue_end_run(self, run_id: str, status: str, end_time: int) -> None:
         """Queue the end of a run behind its points (for when the server cannot take it now)."""
         self._cut()
@@ -254,7 +282,7 @@ class MetricSender(PointIntake):
                 try:
                     send_entry(self._http, entry, attempts=attempts)
                 except KeelError as exc:
-                    if _retry_later(exc):
+                    if retry_later(exc):
                         self.failures += 1
                         self.last_error = exc
                         return False
@@ -303,11 +331,11 @@ class MetricSender(PointIntake):
             entry.count = 0
         else:
             self.rejected += entry.count
-            log.error(
-                "keel: the server refused %s (%s); dropped it",
-                f"{entry.count} metric points" if entry.kind == "metrics" else "a run's end",
-                exc,
-            )
+            what = {
+                "metrics": f"{entry.count} metric points",
+                "end_run": f"the end of run {entry.run_id}",
+            }.get(entry.kind, f"the {entry.kind} of run {entry.run_id} ({entry.values})")
+            log.error("keel: the server refused %s (%s); dropped it", what, exc)
         self._done(entry)
 
     # -- the background thread ------------------------------------------------------------
@@ -351,7 +379,7 @@ class MetricSender(PointIntake):
                 log.warning("keel: background delivery failed: %s", exc)
 
 
-def _retry_later(exc: KeelError) -> bool:
+def retry_later(exc: KeelError) -> bool:
     """Keep the points for later: the server is unreachable, or refused the token (an expired
     or missing KEEL_TRACKING_TOKEN is fixed and ``keel sync`` delivers them)."""
     return is_unreachable(exc) or isinstance(exc, Unauthenticated)
@@ -415,7 +443,7 @@ def sync_outbox(
                     entry.points, entry.count = kept, len(kept)
                     send_entry(api, entry, attempts=3)
             except KeelError as exc:
-                if _retry_later(exc):
+                if retry_later(exc):
                     report.waiting[uri] = str(exc)
                     report.left.append(path)
                     continue

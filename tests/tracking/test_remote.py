@@ -27,6 +27,7 @@ from click.testing import CliRunner
 
 import keel
 from keel.cli import cli as keel_cli
+from keel.errors import Conflict
 from keel.settings import Settings
 from keel.tracking.api import Client
 from keel.tracking.fluent import set_client
@@ -303,3 +304,56 @@ def test_an_answer_lost_in_transit_is_retried_and_stored_once(home: Path, server
     finally:
         client.close()
         proxy.close()
+
+
+def test_params_and_tags_logged_while_the_server_is_down_arrive_later_in_order(
+    home: Path, server: Server, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The run keeps working without its server: params and tags wait with its points (the
+    tag set twice lands with its last value), and keel sync delivers all of them."""
+    settings = Settings(tracking_uri=server.url, remote_flush_timeout=1.0)
+    client = RemoteClient(settings)
+    try:
+        run = client.create_run(
+            client.get_or_create_experiment("offline").experiment_id, capture_source=False
+        )
+        client.log_params(run.run_id, {"lr": 0.1})  # delivered at once
+        server.kill()
+        start = time.perf_counter()
+        client.log_params(run.run_id, {"depth": 6})
+        client.set_tag(run.run_id, "stage", "first")
+        client.log_metric(run.run_id, "loss", 0.5, step=1)
+        client.set_tag(run.run_id, "stage", "second")
+        assert time.perf_counter() - start < 5.0
+        client.end_run(run.run_id)
+        message = capfd.readouterr().err
+        assert "cannot take the params" in message
+        assert "could not deliver 1 metric points, 3 params/tags writes and the end" in message
+        client.close()
+
+        server.start()
+        synced = CliRunner().invoke(keel_cli, ["sync"])
+        assert synced.exit_code == 0, synced.output
+    finally:
+        client.close()
+    with server.store() as store:
+        landed = store.get_run(run.run_id)
+        assert landed.params == {"lr": "0.1", "depth": "6"}
+        assert landed.tags["stage"] == "second"
+        assert landed.metrics == {"loss": 0.5}
+        assert landed.status is RunStatus.FINISHED
+
+
+def test_a_conflicting_param_is_an_error_while_the_server_answers(
+    home: Path, server: Server
+) -> None:
+    client = RemoteClient(Settings(tracking_uri=server.url))
+    try:
+        run = client.create_run(
+            client.get_or_create_experiment("conflict").experiment_id, capture_source=False
+        )
+        client.log_param(run.run_id, "lr", 0.1)
+        with pytest.raises(Conflict):
+            client.log_param(run.run_id, "lr", 0.2)
+    finally:
+        client.close()
