@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import Engine
 
 from keel.settings import Settings
 from keel.tracking.api import Client
@@ -81,6 +82,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """An engine on an empty database at the head schema; parametrized sqlite / postgresql."""
+    from keel.db import ensure_schema, make_engine
+
+    engine = make_engine(store_url)
+    ensure_schema(engine)
+    yield engine
     engine.dispose()
 
 

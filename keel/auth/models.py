@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from keel.errors import InvalidInput
 
 __all__ = [
     "USER_NAME_PATTERN",
@@ -46,50 +48,39 @@ UserName = Annotated[
 ]
 
 
-class Role(enum.IntEnum):
+class _Level(enum.IntEnum):
+    """An ordered choice spelled in lower case on the wire and the command line."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            what = cls.__name__.lower()
+            choices = ", ".join(member.label for member in cls)
+            raise InvalidInput(
+                f"unknown {what} {text!r}; choose one of {choices}", **{what: text}
+            ) from None
+
+
+class Role(_Level):
     """What a token may do anywhere. Ordered: a higher role can do all a lower one can."""
 
     VIEWER = 1  # read the experiments its user is granted
     EDITOR = 2  # also write to them, and create experiments (becoming their owner)
     ADMIN = 3  # everything: every experiment, users, tokens, grants, the audit log
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-    @classmethod
-    def parse(cls, text: str) -> Role:
-        from keel.errors import InvalidInput
-
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            raise InvalidInput(
-                f"unknown role {text!r}; choose viewer, editor or admin", role=text
-            ) from None
-
-
-class Permission(enum.IntEnum):
+class Permission(_Level):
     """What a grant allows on one experiment. Ordered like :class:`Role`."""
 
     READ = 1  # see it, its runs, metrics and artifacts
     WRITE = 2  # also log to it and create runs in it
     OWNER = 3  # also rename, delete and restore it, and grant others read or write
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def parse(cls, text: str) -> Permission:
-        from keel.errors import InvalidInput
-
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            raise InvalidInput(
-                f"unknown permission {text!r}; choose read, write or owner", permission=text
-            ) from None
 
 
 def valid_user_name(name: str) -> bool:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
@@ -323,21 +323,6 @@ class AuthStore(SqlStore):
                     found[r.run_id] = (r.experiment_id, grant)
         return found
 
-    def run_experiments(self, run_ids: Sequence[str]) -> dict[str, int]:
-        """Each existing run's experiment id."""
-        runs = schema.runs
-        found: dict[str, int] = {}
-        ids = list(dict.fromkeys(run_ids))
-        with self._read() as conn:
-            for start in range(0, len(ids), IN_CHUNK):
-                rows = conn.execute(
-                    select(runs.c.run_id, runs.c.experiment_id).where(
-                        runs.c.run_id.in_(ids[start : start + IN_CHUNK])
-                    )
-                )
-                found.update({r.run_id: r.experiment_id for r in rows})
-        return found
-
     # -- the audit log --------------------------------------------------------------------
     def record(self, entry: AuditRecord) -> None:
         row = {**entry, "targets": json.dumps(entry.get("targets", []))}
@@ -369,7 +354,7 @@ class AuthStore(SqlStore):
         if action is not None:
             query = query.where(_audit.c.action == action)
         if target is not None:
-            query = query.where(_audit.c.targets.contains(json.dumps(target)))
+            query = query.where(_audit.c.targets.contains(json.dumps(target), autoescape=True))
         if since is not None:
             query = query.where(_audit.c.at >= since)
         if until is not None:

@@ -10,50 +10,20 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 import pytest
-import uvicorn
 from click.testing import CliRunner, Result
 
 from keel.auth.store import AuthStore
 from keel.db import make_engine
 from keel.errors import Unauthenticated
-from keel.server import create_app
 from keel.settings import Settings
 from keel.tracking.api import Client
+from tests.server.conftest import serve
 
 RED = "\x1b[31m"
-
-
-@contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    """The server's app under uvicorn on a free 127.0.0.1 port; yields its URL.
-
-    tests/server/test_mlflow_compat.py has the same helper, but importing it imports mlflow,
-    which takes longer than every test here.
-    """
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="keel-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("keel server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def keel(runner: CliRunner, *args: str) -> Result:

@@ -39,8 +39,8 @@ from keel.tracking.remote import RemoteClient
 from keel.tracking.source import current_user
 from tests.auth.conftest import Tokens, bearer, make_tokens
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.server.conftest import keel_server  # noqa: F401 - a fixture, used by name
-from tests.server.test_mlflow_compat import mlflow_env, serve  # noqa: F401 - mlflow_env too
+from tests.server.conftest import keel_server, serve  # noqa: F401 - keel_server: a fixture
+from tests.server.test_mlflow_compat import mlflow_env  # noqa: F401 - a fixture, used by name
 
 pytestmark = pytest.mark.slow
 

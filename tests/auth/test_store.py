@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, select
 
 from keel.auth.models import Permission, Role
 from keel.auth.store import AuthStore
-from keel.db import ensure_schema, make_engine, schema
+from keel.db import schema
 from keel.errors import AlreadyExists, InvalidInput, NotFound, Unauthenticated
 from keel.tracking.store import TrackingStore
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    engine = make_engine(store_url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -115,7 +105,7 @@ def test_user_and_token_mistakes_are_clear(store: AuthStore) -> None:
         store.set_user_disabled("carol", True)
     with pytest.raises(NotFound):
         store.revoke_token("ffffffffffff")
-    with pytest.raises(InvalidInput, match="viewer, editor or admin"):
+    with pytest.raises(InvalidInput, match="viewer, editor, admin"):
         Role.parse("root")
 
 

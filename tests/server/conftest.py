@@ -1,4 +1,5 @@
-"""Real servers for the socket tests: ``keel server`` run as a subprocess on a free port."""
+"""Real servers for the socket tests: ``keel server`` as a subprocess on a free port
+(``keel_server``), or the app under uvicorn in a thread (``serve``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from keel.settings import Settings
 
 
 @dataclass
@@ -89,3 +93,29 @@ def keel_server(tmp_path: Path) -> Callable[..., object]:
             stop(process)
 
     return start
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """keel server's app under uvicorn on a free 127.0.0.1 port, in a thread; yields its URL."""
+    import uvicorn
+
+    from keel.server import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="keel-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("keel server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
