@@ -13,6 +13,7 @@ import getpass
 import shlex
 import sys
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from keel.auth.models import (
     AuditEntry,
@@ -172,7 +173,7 @@ class RemoteAdmin:
     def experiment_id(self, ref: str) -> int:
         if ref.isdigit():
             return int(ref)
-        found = self.api.get_json(f"/experiments/by-name/{ref}")
+        found = self.api.get_json(f"/experiments/by-name/{quote(ref, safe='/')}")
         return int(found["experiment_id"])
 
     def create_user(self, name: str) -> User:

@@ -208,11 +208,14 @@ def list_tokens(user: str | None, as_json: bool) -> None:
         _echo_json([t.model_dump() for t in found])
         return
 
+    now = datetime.now(tz=UTC).timestamp() * 1000
+
     def state(token: TokenInfo) -> str:
         if token.revoked_at is not None:
             return f"revoked {_when(token.revoked_at)}"
         if token.expires_at is not None:
-            return f"expires {_when(token.expires_at)}"
+            verb = "expired" if token.expires_at <= now else "expires"
+            return f"{verb} {_when(token.expires_at)}"
         return "active"
 
     _print_table(
@@ -334,6 +337,9 @@ def _time(text: str | None) -> int | None:
 @click.option("--since", default=None, help="From this ISO date/time (local time if no zone).")
 @click.option("--until", default=None, help="Before this ISO date/time.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--before-id", type=click.IntRange(0), default=None, help="Older than this entry (paging)."
+)
 @_json_option
 def audit(
     user: str | None,
@@ -342,6 +348,7 @@ def audit(
     since: str | None,
     until: str | None,
     limit: int,
+    before_id: int | None,
     as_json: bool,
 ) -> None:
     """Show the audit log, newest first: who wrote what, when, and the answer (admins).
@@ -352,12 +359,13 @@ def audit(
       keel audit --target experiment/3 --json
     """
     with _admin() as handle:
-        entries, _next = handle.audit(
+        entries, older = handle.audit(
             user=user,
             action=action,
             target=target,
             since=_time(since),
             until=_time(until),
+            before_id=before_id,
             limit=limit,
         )
     if as_json:
@@ -377,3 +385,5 @@ def audit(
             for e in entries
         ],
     )
+    if older is not None:
+        click.echo(f"(older entries: keel audit --before-id {older})", err=True)

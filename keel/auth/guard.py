@@ -43,6 +43,13 @@ from keel.tracking.store import PointTuple
 
 __all__ = ["GuardedClient"]
 
+
+def _quoted(name: str) -> str:
+    import shlex
+
+    return shlex.quote(name)
+
+
 _GRANT_HINT = (
     "an owner of the experiment or an admin grants it: keel grants add {eid} {user} {perm}"
 )
@@ -60,6 +67,7 @@ class GuardedClient:
         self.targets = targets
         # what this request has looked up already (a GuardedClient lives for one request)
         self._seen_runs: dict[str, tuple[int, Permission | None]] = {}
+        self.wrote = False  # a write was attempted: the audit log records the request
 
     @property
     def settings(self) -> Settings:
@@ -75,10 +83,12 @@ class GuardedClient:
                 needs="editor",
             )
 
-    def _check(self, experiment_id: int, have: Permission | None, need: Permission) -> None:
+    def _check(
+        self, experiment_id: int, have: Permission | None, need: Permission, *, write: bool
+    ) -> None:
         if have is None:
             raise NotFound(f"no experiment with id {experiment_id}", experiment_id=experiment_id)
-        if need >= Permission.WRITE:
+        if write:
             self._need_editor("write")
         if have < need:
             hint = _GRANT_HINT.format(eid=experiment_id, user=self.principal.user, perm=need.label)
@@ -90,17 +100,27 @@ class GuardedClient:
                 needs=need.label,
             )
 
-    def check_experiment(self, experiment_id: int, need: Permission) -> None:
-        """Raise unless the caller has ``need`` on the experiment (404 when it has nothing)."""
+    def check_experiment(
+        self, experiment_id: int, need: Permission, *, write: bool | None = None
+    ) -> None:
+        """Raise unless the caller has ``need`` on the experiment (404 when it has nothing).
+
+        Args:
+            write: the request changes something, so the token must be an editor's (default:
+                ``need`` is write or owner). An owner with a viewer token may still look at
+                the experiment's grants (``need=OWNER, write=False``).
+        """
+        write = need >= Permission.WRITE if write is None else write
         self.targets.append(f"experiment/{experiment_id}")
+        self.wrote |= write
         if self.principal.is_admin:
             return
-        self._check(
-            experiment_id, self._store.permission(self.principal.user_id, experiment_id), need
-        )
+        have = self._store.permission(self.principal.user_id, experiment_id)
+        self._check(experiment_id, have, need, write=write)
 
     def _runs(self, run_ids: Sequence[str], need: Permission) -> None:
         self.targets.extend(f"run/{run_id}" for run_id in dict.fromkeys(run_ids))
+        self.wrote |= need >= Permission.WRITE
         if self.principal.is_admin:
             return
         unknown = [run_id for run_id in run_ids if run_id not in self._seen_runs]
@@ -113,7 +133,7 @@ class GuardedClient:
             experiment_id, have = found[run_id]
             if have is None:  # an experiment not shared: its runs do not exist for this caller
                 raise NotFound(f"no run with id {run_id!r}", run_id=run_id)
-            self._check(experiment_id, have, need)
+            self._check(experiment_id, have, need, write=need >= Permission.WRITE)
 
     def _visible(self, experiment_id: int) -> bool:
         return (
@@ -123,6 +143,7 @@ class GuardedClient:
 
     # -- experiments ----------------------------------------------------------------------
     def create_experiment(self, name: str, *, tags: Mapping[str, str] | None = None) -> Experiment:
+        self.wrote = True
         self._need_editor("create experiments")
         experiment = self._client.create_experiment(name, tags=tags)
         self.targets.append(f"experiment/{experiment.experiment_id}")
@@ -154,9 +175,7 @@ class GuardedClient:
             # creating it is impossible (the name is taken), so say so instead of a bare 404
             raise NotFound(
                 f"experiment {name!r} is not shared with user {self.principal.user!r}; "
-                + _GRANT_HINT.format(
-                    eid=found.experiment_id, user=self.principal.user, perm="write"
-                ),
+                + _GRANT_HINT.format(eid=_quoted(name), user=self.principal.user, perm="write"),
                 name=name,
             )
         return self._client.get_or_create_experiment(name)
@@ -213,11 +232,13 @@ class GuardedClient:
         return self._client.get_run(run_id)
 
     def resolve_run_id(self, prefix: str) -> str:
-        run_id = self._client.resolve_run_id(prefix)
-        try:
-            self._runs([run_id], Permission.READ)
-        except NotFound:
-            raise NotFound(f"no run id starts with {prefix!r}", prefix=prefix) from None
+        """Resolve among the runs the caller may see: hidden runs neither match nor make a
+        prefix ambiguous, so the answer is the one an empty store would give."""
+        if self.principal.is_admin:
+            return self._client.resolve_run_id(prefix)
+        visible = self._store.visible_experiments(self.principal.user_id)
+        run_id = self._client.resolve_run_id(prefix, experiment_ids=sorted(visible))
+        self.targets.append(f"run/{run_id}")
         return run_id
 
     def end_run(

@@ -60,7 +60,7 @@ def _credentials(header: str) -> tuple[str, str | None]:
     if scheme.lower() == "basic" and value:
         try:
             user, sep, token = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # ValueError: not ASCII; UnicodeDecodeError too
             raise Unauthenticated("the HTTP basic credentials are not valid base64") from None
         if sep and user and token:
             return token, user
@@ -182,13 +182,14 @@ def create_token(
     body: TokenCreate, request: Request, _admin: AdminDep, store: StoreDep
 ) -> NewToken:
     """Make a token; the answer is the only place its secret ever appears."""
-    _note(request, f"user/{body.user}")
-    return store.create_token(
+    token = store.create_token(
         body.user,
         role=Role.parse(body.role),
         label=body.label,
         expires_in_days=body.expires_in_days,
     )
+    _note(request, f"user/{body.user}", f"token/{token.token_id}")
+    return token
 
 
 @router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
@@ -208,17 +209,17 @@ def revoke_token(
 
 
 # -- grants (owners and admins) ---------------------------------------------------------------
-def _owner(request: Request, experiment_id: int) -> Principal:
+def _owner(request: Request, experiment_id: int, *, write: bool = True) -> Principal:
     caller = _principal(request)
     tracking: GuardedClient = request.state.tracking
-    tracking.check_experiment(experiment_id, Permission.OWNER)
+    tracking.check_experiment(experiment_id, Permission.OWNER, write=write)
     return caller
 
 
 @router.get("/experiments/{experiment_id}/grants")
 def list_grants(experiment_id: ExperimentIdPath, request: Request, store: StoreDep) -> GrantList:
     """Who may do what on an experiment (its owners and admins may look)."""
-    _owner(request, experiment_id)
+    _owner(request, experiment_id, write=False)
     return GrantList(grants=store.list_grants(experiment_id))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +37,7 @@ from keel.tracking.store_base import IN_CHUNK, SqlStore, now_ms
 __all__ = ["TOKEN_PREFIX", "AuditRecord", "AuthStore"]
 
 TOKEN_PREFIX = "keel_"
+_TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 DAY_MS = 86_400_000
 _users, _tokens, _grants, _audit = (
     schema.users,
@@ -183,7 +185,7 @@ class AuthStore(SqlStore):
             Unauthenticated: malformed, unknown, wrong, revoked or expired token; disabled user.
         """
         parts = token.strip().split("_", 2)
-        if len(parts) != 3 or f"{parts[0]}_" != TOKEN_PREFIX or not parts[1] or not parts[2]:
+        if len(parts) != 3 or f"{parts[0]}_" != TOKEN_PREFIX or not _TOKEN_ID.match(parts[1]):
             raise Unauthenticated(
                 "the token is malformed: Keel tokens look like keel_<id>_<secret> "
                 "(make one with: keel tokens create --user NAME --role editor)"

@@ -258,9 +258,9 @@ class Client(ArtifactMethods):
         self.store.rename_run(run_id, new_name)
         return self.get_run(run_id)
 
-    def resolve_run_id(self, prefix: str) -> str:
-        """The full id of the one run whose id starts with ``prefix``."""
-        return self.store.resolve_run_id(prefix)
+    def resolve_run_id(self, prefix: str, *, experiment_ids: Sequence[int] | None = None) -> str:
+        """The full id of the one run whose id starts with ``prefix`` (of ``experiment_ids``)."""
+        return self.store.resolve_run_id(prefix, experiment_ids=experiment_ids)
 
     def delete_runs(self, run_ids: Sequence[str]) -> int:
         return self.store.set_run_lifecycle(run_ids, LifecycleStage.DELETED)

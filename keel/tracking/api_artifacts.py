@@ -194,6 +194,8 @@ def _clean(path: str) -> str:
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise InvalidInput(f"artifact path {path!r} may not contain '..'")
+    if "\x00" in path:
+        raise InvalidInput(f"artifact path {path!r} may not contain a NUL character")
     return "/".join(parts)
 
 

@@ -158,9 +158,8 @@ def create_run(body: CreateRunRequest, request: Request, client: ClientDep) -> R
     tags = split_tags(body.tags)
     run_name = body.run_name or tags.get(RUN_NAME_TAG) or None
     tags.pop(RUN_NAME_TAG, None)
-    user = body.user_id or tags.get(USER_TAG) or "unknown"
-    if tags.get(USER_TAG) == user:
-        del tags[USER_TAG]
+    claimed = tags.pop(USER_TAG, None)  # the run's user, never a tag of its own
+    user = body.user_id or claimed or "unknown"
     parent = tags.pop(PARENT_TAG, None) or None
     experiment_id = keel_experiment_id(client, body.experiment_id or "0", create=True)
     assert experiment_id is not None

@@ -59,6 +59,8 @@ def _run_path(path: str) -> tuple[str, str] | None:
     rel = "/".join(p for p in (match["rel"] or "").split("/") if p not in ("", "."))
     if ".." in rel.split("/"):
         raise InvalidInput(f"artifact path {path!r} may not contain '..'")
+    if "\x00" in rel:
+        raise InvalidInput(f"artifact path {path!r} may not contain a NUL character")
     return match["run"], rel
 
 

@@ -435,10 +435,10 @@ def run_info_message(run: Run) -> MlflowRunInfo:
 
 
 def run_message(run: Run) -> MlflowRun:
-    tags = {RUN_NAME_TAG: run.run_name, USER_TAG: run.user}
+    # the run's own name, user and parent win over stored tags of the same keys
+    tags = {**run.tags, RUN_NAME_TAG: run.run_name, USER_TAG: run.user}
     if run.parent_run_id:
         tags[PARENT_TAG] = run.parent_run_id
-    tags.update(run.tags)
     return MlflowRun(
         info=run_info_message(run),
         data=MlflowRunData(

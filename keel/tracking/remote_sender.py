@@ -12,6 +12,7 @@ the outbox behind its points; ``keel sync`` delivers what a finished process lef
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -403,7 +404,11 @@ class SyncReport:
 
 
 def sync_outbox(
-    outbox: Path, *, tracking_uri: str | None = None, token: str | None = None
+    outbox: Path,
+    *,
+    tracking_uri: str | None = None,
+    token: str | None = None,
+    token_uri: str | None = None,
 ) -> SyncReport:
     """Deliver the outbox's files, oldest first, each to the server it was meant for.
 
@@ -415,9 +420,18 @@ def sync_outbox(
 
     Args:
         tracking_uri: send every file to this server instead of the one it names.
+        token: the API token to send (``KEEL_TRACKING_TOKEN``), but only to ``token_uri``:
+            a file naming another server must not receive this one's credentials. With no
+            ``token_uri``, it goes to the server the files name if they all name one.
     """
     report = SyncReport()
     files = sorted(outbox.glob("*.json")) if outbox.is_dir() else []
+    if token and token_uri is None and tracking_uri is None:
+        named = set()
+        for path in files:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                named.add(read_entry(path)[0].rstrip("/"))
+        token_uri = named.pop() if len(named) == 1 else None
     apis: dict[str, HttpApi] = {}
     try:
         for path in files:
@@ -431,7 +445,10 @@ def sync_outbox(
             if uri in report.waiting:
                 report.left.append(path)
                 continue
-            api = apis.get(uri) or apis.setdefault(uri, HttpApi(uri, token=token))
+            if uri not in apis:  # the token only goes to the server it belongs to
+                mine = token_uri is not None and uri == token_uri.rstrip("/")
+                apis[uri] = HttpApi(uri, token=token if mine else None)
+            api = apis[uri]
             try:
                 try:
                     send_entry(api, entry, attempts=3)

@@ -367,18 +367,18 @@ class TrackingStore(MetricsStore):
             )
         return out
 
-    def resolve_run_id(self, prefix: str) -> str:
-        """The one run id starting with ``prefix`` (ids may be abbreviated, as git's)."""
+    def resolve_run_id(self, prefix: str, *, experiment_ids: Sequence[int] | None = None) -> str:
+        """The one run id starting with ``prefix`` (ids may be abbreviated, as git's), among
+        the runs of ``experiment_ids`` when given (the experiments a caller may see)."""
         text = prefix.strip().lower()
         if not text or any(c not in "0123456789abcdef" for c in text):
             raise InvalidInput(f"{prefix!r} is not a run id (32 hex characters, or a prefix)")
         r = schema.runs
+        query = select(r.c.run_id).where(r.c.run_id.like(f"{text}%")).limit(2)
+        if experiment_ids is not None:
+            query = query.where(r.c.experiment_id.in_(list(experiment_ids)))
         with self._read() as conn:
-            found = list(
-                conn.execute(
-                    select(r.c.run_id).where(r.c.run_id.like(f"{text}%")).limit(2)
-                ).scalars()
-            )
+            found = list(conn.execute(query).scalars())
         if not found:
             raise NotFound(f"no run id starts with {prefix!r}", run_id=prefix)
         if len(found) > 1:

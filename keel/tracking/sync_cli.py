@@ -31,7 +31,12 @@ def sync(tracking_uri: str | None) -> None:
     """
     settings = Settings()
     outbox = settings.home_path / "outbox"
-    report = sync_outbox(outbox, tracking_uri=tracking_uri, token=token_of(settings))
+    report = sync_outbox(
+        outbox,
+        tracking_uri=tracking_uri,
+        token=token_of(settings),
+        token_uri=tracking_uri or settings.tracking_uri,  # the server the token was made for
+    )
     click.echo(
         f"Delivered {report.delivered_points} metric points ({report.delivered_files} files)"
         + (f" and ended {len(report.ended_runs)} runs" if report.ended_runs else "")

@@ -7,11 +7,12 @@ import re
 from collections.abc import Callable
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from keel.auth.store import AuthStore
-from tests.auth.conftest import API, Tokens
+from tests.auth.conftest import API, Tokens, bearer
 
 AsUser = Callable[[str], httpx.Client]
 
@@ -72,7 +73,9 @@ def test_401_says_what_is_missing(http: TestClient, tokens: Tokens) -> None:
     response = http.get(f"{API}/experiments")
     assert response.headers["www-authenticate"].startswith("Bearer")
     bad = http.get(f"{API}/experiments", headers={"Authorization": "Bearer keel_x_y"})
-    assert "not valid" in error(bad, 401, "unauthenticated")["message"]
+    assert "malformed" in error(bad, 401, "unauthenticated")["message"]
+    unknown = http.get(f"{API}/experiments", headers=bearer("keel_000000000000_secret"))
+    assert "not valid" in error(unknown, 401, "unauthenticated")["message"]
     weird = http.get(f"{API}/experiments", headers={"Authorization": "Digest abc"})
     assert "unsupported" in error(weird, 401, "unauthenticated")["message"]
     garbled = http.get(f"{API}/experiments", headers={"Authorization": "Basic %%%"})
@@ -340,3 +343,97 @@ def test_fuzzed_requests_with_tokens_never_get_a_server_error(
         fuzz(operation, known, headers={"Authorization": f"Bearer {tokens.admin}"}, examples=5)
         if "auth" in (operation.tags or ()):  # the guard's refusals on the admin routes
             fuzz(operation, known, headers={"Authorization": f"Bearer {tokens.alice}"}, examples=5)
+
+
+# -- found by review ----------------------------------------------------------------------------
+
+
+def test_run_id_prefixes_resolve_only_among_visible_runs(as_user: AsUser, tokens: Tokens) -> None:
+    """A hidden run neither matches a prefix nor makes one ambiguous: the whole answer is what
+    a store without it would give, so prefixes cannot be walked to list hidden run ids."""
+    _, hidden = make_experiment(as_user, tokens.alice, name="hidden")
+    bob = as_user(tokens.bob)
+    created = bob.post(f"{API}/experiments", json={"name": "bobs"}).json()["experiment_id"]
+    mine = bob.post(f"{API}/runs", json={"experiment_id": created}).json()["run_id"]
+    for prefix in (hidden[:1], hidden[:6], hidden):
+        answer = bob.get(f"{API}/runs/by-prefix/{prefix}")
+        if mine.startswith(prefix):
+            assert answer.json() == {"run_id": mine}
+            continue
+        assert answer.status_code == 404
+        assert answer.json() == {
+            "error": "not_found",
+            "message": f"no run id starts with {prefix!r}",
+            "run_id": prefix,
+        }
+    assert bob.get(f"{API}/runs/by-prefix/{mine[:4]}").json() == {"run_id": mine}
+    assert as_user(tokens.admin).get(f"{API}/runs/by-prefix/{hidden}").json() == {"run_id": hidden}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic \xff\xfe",  # not ASCII
+        "Basic " + base64.b64encode(b"alice:keel_ab\x00cdef012345_secret").decode(),  # NUL
+        "Basic " + base64.b64encode(b"alice:keel_ABCDEF012345_secret").decode(),  # not hex
+        "Basic " + base64.b64encode("ålice:tøken".encode()).decode(),
+        "Bearer " + "k" * 8000,
+        "Bearer keel_abcdef012345_",
+        "Basic",
+        "",
+    ],
+)
+def test_malformed_credentials_are_a_401_never_a_500(http: TestClient, header: str) -> None:
+    for path in (f"{API}/experiments", "/api/2.0/mlflow/experiments/search"):
+        response = http.post(path, headers={"Authorization": header.encode("latin-1")}, json={})
+        assert response.status_code == 401, (header[:30], response.text)
+
+
+def test_writes_are_audited_by_route_not_by_path(
+    as_user: AsUser, tokens: Tokens, store: AuthStore
+) -> None:
+    """A write whose path ends in /search is still a write; a GET that creates (MLflow's
+    experiment "0" makes Default) is recorded; searches are not."""
+    eid, run_id = make_experiment(as_user, tokens.alice)
+    alice = as_user(tokens.alice)
+    before = len(store.audit(limit=1000)[0])
+    assert alice.put(f"{API}/runs/{run_id}/artifacts/model/search", content=b"x").status_code == 201
+    assert alice.delete(f"{API}/runs/{run_id}/tags/a/search").status_code in (204, 404)
+    default = alice.get("/api/2.0/mlflow/experiments/get", params={"experiment_id": "0"})
+    assert default.status_code == 200
+    alice.post(f"{API}/runs/search", json={})
+    alice.post("/api/2.0/mlflow/runs/search", json={"experiment_ids": [str(eid)]})
+    alice.get(f"{API}/experiments/{eid}/grants")  # an owner looking is not a write
+    entries = store.audit(limit=1000)[0][: len(store.audit(limit=1000)[0]) - before]
+    assert [e.action for e in reversed(entries)] == [
+        "upload_artifact",
+        "delete_tag",
+        "get_experiment",
+    ]
+    assert entries[0].targets and entries[0].targets[0].startswith("experiment/")
+
+
+def test_an_owner_with_a_viewer_token_may_look_at_grants(
+    as_user: AsUser, tokens: Tokens, store: AuthStore
+) -> None:
+    bob = as_user(tokens.bob)
+    eid = bob.post(f"{API}/experiments", json={"name": "bobs"}).json()["experiment_id"]
+    viewer = as_user(tokens.bob_viewer)
+    grants = viewer.get(f"{API}/experiments/{eid}/grants").json()["grants"]
+    assert [(g["user"], g["permission"]) for g in grants] == [("bob", "owner")]
+    refused = viewer.put(f"{API}/experiments/{eid}/grants/alice", json={"permission": "read"})
+    assert error(refused, 403, "permission_denied")["needs"] == "editor"
+
+
+def test_the_mlflow_user_tag_cannot_be_spoofed(as_user: AsUser, tokens: Tokens) -> None:
+    bob = as_user(tokens.bob)
+    eid = bob.post(f"{API}/experiments", json={"name": "bobs"}).json()["experiment_id"]
+    created = bob.post(
+        "/api/2.0/mlflow/runs/create",
+        json={"experiment_id": str(eid), "tags": [{"key": "mlflow.user", "value": "alice"}]},
+    ).json()["run"]
+    run_id = created["info"]["run_id"]
+    bob.post(f"{API}/runs/{run_id}/tags", json={"tags": {"mlflow.user": "alice"}})
+    seen = bob.get("/api/2.0/mlflow/runs/get", params={"run_id": run_id}).json()["run"]
+    tags = {t["key"]: t["value"] for t in seen["data"]["tags"]}
+    assert tags["mlflow.user"] == "bob" and seen["info"]["user_id"] == "bob"

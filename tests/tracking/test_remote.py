@@ -357,3 +357,47 @@ def test_a_conflicting_param_is_an_error_while_the_server_answers(
             client.log_param(run.run_id, "lr", 0.2)
     finally:
         client.close()
+
+
+def test_keel_sync_sends_the_token_only_to_the_server_it_belongs_to(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outbox files naming two servers (staging and production, say): KEEL_TRACKING_TOKEN goes
+    to KEEL_TRACKING_URI's server only, never to the other."""
+    import http.server
+    import threading
+
+    from keel.tracking.remote_sender import Entry, write_entry
+
+    seen: dict[int, list[str | None]] = {}
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.setdefault(self.server.server_address[1], []).append(
+                self.headers.get("Authorization")
+            )
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    mine, other = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    try:
+        for uri in (mine, other):
+            entry = Entry("metrics", points=[("0" * 32, "m", 1.0, 0, 0)], count=1)
+            write_entry(home / "outbox", entry, tracking_uri=uri)
+        monkeypatch.setenv("KEEL_TRACKING_URI", mine)
+        monkeypatch.setenv("KEEL_TRACKING_TOKEN", "keel_abcdef012345_secret")
+        result = CliRunner().invoke(keel_cli, ["sync"])
+        assert result.exit_code == 1  # both answered 503: the files wait
+    finally:
+        for server in servers:
+            server.shutdown()
+    ports = [s.server_address[1] for s in servers]
+    assert set(seen[ports[0]]) == {"Bearer keel_abcdef012345_secret"}
+    assert set(seen[ports[1]]) == {None}
