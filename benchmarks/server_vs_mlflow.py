@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -270,6 +271,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    database_url: str
     startup_s: float = 0.0
     settled_s: float = 0.0
     rss_mib: float = 0.0
@@ -293,6 +295,10 @@ class Server:
         if _group_pids(self.process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        if self.tool == "mlflow":
+            # MLflow leaves an empty lock file per database URL in the temporary folder
+            digest = hashlib.md5(self.database_url.encode(), usedforsecurity=False).hexdigest()
+            Path(tempfile.gettempdir(), f"db_init_lock-{digest}").unlink(missing_ok=True)
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -356,7 +362,7 @@ def start_server(tool: str, workers: int, db: Database, workdir: Path) -> Server
         process = subprocess.Popen(
             argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(tool, workers, f"http://127.0.0.1:{port}", process, log)
+    server = Server(tool, workers, f"http://127.0.0.1:{port}", process, log, db.server_url)
     try:
         _wait_healthy(server, timeout=180)
         server.startup_s = time.perf_counter() - started
