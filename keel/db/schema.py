@@ -30,6 +30,7 @@ __all__ = [
     "experiments",
     "latest_metrics",
     "metadata",
+    "metric_blocks",
     "metrics",
     "params",
     "runs",
@@ -148,6 +149,27 @@ latest_metrics = Table(
     Column("timestamp", BigInteger, nullable=False),
     # revision 0002: search by (key, value) without touching the runs table first
     Index("ix_latest_metrics_key_value", "key", "value", "run_id"),
+)
+
+# revision 0008: a summary per block of 128 steps, so a long series downsamples fast
+metric_blocks = Table(
+    "metric_blocks",
+    metadata,
+    Column(
+        "run_key",
+        BigInteger,
+        ForeignKey("runs.run_key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("block", BigInteger, primary_key=True),  # floor(step / 128)
+    Column("count", BigInteger, nullable=False),
+    Column("min_value", Float(precision=53), nullable=True),  # NULL: only NaN points
+    Column("max_value", Float(precision=53), nullable=True),
+    Column("first_step", BigInteger, nullable=False),
+    Column("last_step", BigInteger, nullable=False),
+    Column("last_timestamp", BigInteger, nullable=False),
+    Column("last_value", Float(precision=53), nullable=True),  # NULL: NaN
 )
 
 artifacts = Table(

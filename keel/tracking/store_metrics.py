@@ -23,6 +23,12 @@ from keel.db import schema
 from keel.errors import NotFound
 from keel.tracking.models import Metric, MetricBucket
 from keel.tracking.store_base import IN_CHUNK, PointTuple, SqlStore, now_ms
+from keel.tracking.store_blocks import (
+    block_of,
+    block_rows,
+    bucket_blocks,
+    merge_blocks,
+)
 
 __all__ = ["WRITE_BATCH_RETENTION", "MetricCurve", "MetricsStore"]
 
@@ -70,6 +76,7 @@ class MetricsStore(SqlStore):
                 and_(new.step == lm.c.step, new.timestamp >= lm.c.timestamp),
             ),
         )
+        self._blocks_upsert = merge_blocks(self._insert)
         self._next_prune = 0.0  # time.monotonic() of the next prune of expired batch ids
 
     def _run_keys(self, run_ids: Iterable[str]) -> dict[str, int]:
@@ -147,6 +154,9 @@ class MetricsStore(SqlStore):
                     return False
             conn.exec_driver_sql(self._metrics_sql, history)
             conn.execute(self._latest_upsert, latest_rows)
+            conn.execute(
+                self._blocks_upsert, block_rows((h[0], h[1], h[2], h[4], h[5]) for h in history)
+            )
         if batch_id is not None:
             self._prune_now_and_then()
         return True
@@ -244,13 +254,16 @@ class MetricsStore(SqlStore):
         return curves
 
     def metric_buckets(self, run_id: str, key: str, *, buckets: int) -> list[MetricBucket]:
-        """A metric's history cut into at most ``buckets`` equal step ranges, summarised in SQL.
+        """A metric's history cut into at most ``buckets`` step ranges, summarised in SQL.
 
         Each non-empty bucket has its first and last step, point count, min and max (NaN
-        skipped) and the value at its last step. The history is read once, in the database.
-        Each bucket is one aggregate over its index range plus index seeks, so nothing is
-        sorted: a GROUP BY on the bucket sorts every point (SQLite has no hash aggregation, and
-        PostgreSQL cannot estimate the bucket count), 1.6-4x slower at a million points.
+        skipped) and the value at its last step. A series long enough for every bucket to
+        hold whole blocks of :data:`BLOCK_STEPS` steps is read from the rollup
+        (``metric_blocks``, see :mod:`keel.tracking.store_blocks`): about 7,800 rows for a
+        million points, its buckets aligned to block edges. A shorter one is cut into equal
+        step ranges and read from the points: one aggregate per bucket over its index range
+        plus index seeks, so nothing is sorted (a GROUP BY on the bucket sorts every point:
+        SQLite has no hash aggregation, and PostgreSQL cannot estimate the bucket count).
 
         Raises:
             NotFound: no such run.
@@ -265,6 +278,9 @@ class MetricsStore(SqlStore):
             last = conn.execute(select(func.max(m.c.step)).where(in_key)).scalar()
             if first is None or last is None:
                 return []
+            if block_of(last) - block_of(first) + 1 >= buckets:
+                # every bucket holds whole blocks: read the rollup, not the points
+                return bucket_blocks(conn, run_key, key, buckets=buckets)
             width = -(-(last - first + 1) // max(buckets, 1))
             bounds = [(lo, min(lo + width - 1, last)) for lo in range(first, last + 1, width)]
             sqlite = self.engine.dialect.name == "sqlite"

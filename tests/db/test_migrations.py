@@ -160,3 +160,50 @@ def test_the_schema_module_matches_what_the_migrations_build(fresh_url: str) -> 
         if not (isinstance(d, tuple) and d[0] == "remove_index" and d[1].name in dialect_specific)
     ]
     assert left == []
+
+
+def test_the_migration_fills_the_rollup_from_existing_points(fresh_url: str) -> None:
+    """Upgrading a store that has history builds the same rows the write path would."""
+    from sqlalchemy import select
+
+    from keel.db import schema
+    from keel.tracking.store import TrackingStore
+    from keel.tracking.store_blocks import block_rows
+
+    engine = make_engine(fresh_url)
+    upgrade(engine, "0007")
+    store = TrackingStore(engine)
+    run_id = store.create_run(
+        experiment_id=store.create_experiment("old"), run_name=None, user="u", host="h", pid=None
+    ).run_id
+    run_key = store._run_keys([run_id])[run_id]
+    history = [
+        (run_key, "m", None if s % 97 == 0 else float(s % 13), s, 5 if s == 200 else 1)
+        for s in range(-200, 1_500)
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            schema.metrics.insert(),
+            [
+                {
+                    "run_key": k,
+                    "key": key,
+                    "value": v,
+                    "is_nan": v is None,
+                    "step": s,
+                    "timestamp": t,
+                }
+                for k, key, v, s, t in history
+            ],
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        stored = {
+            (r.block): dict(r._mapping)
+            for r in conn.execute(
+                select(schema.metric_blocks).order_by(schema.metric_blocks.c.block)
+            )
+        }
+    expected = {row["block"]: row for row in block_rows(history)}
+    assert stored == expected
+    engine.dispose()
