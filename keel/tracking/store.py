@@ -405,6 +405,11 @@ class TrackingStore(MetricsStore):
             dialect=self.engine.dialect.name,
         )
         with self._read() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # psycopg prepares a statement after 5 runs, and PostgreSQL may then switch to
+                # a generic plan that cannot see the values: a search paged with the same SQL
+                # went from 2 ms to 220 ms at 100k runs. A custom plan costs ~0.5 ms to make.
+                conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
             return [str(run_id) for run_id in conn.execute(query).scalars()]
 
     def running_runs(self) -> list[RunningRun]:

@@ -77,3 +77,18 @@ def test_short_series_still_cut_into_equal_step_ranges(engine: Engine) -> None:
     buckets = store.metric_buckets(run_id, "acc", buckets=100)  # 8 blocks < 100 buckets
     assert [b.count for b in buckets] == [10] * 100
     assert [(b.min, b.max, b.last) for b in buckets[:2]] == [(0.0, 9.0, 9.0), (10.0, 19.0, 19.0)]
+
+
+def test_keys_with_awkward_characters_round_trip(engine: Engine) -> None:
+    """The history is written with COPY on PostgreSQL: tabs, newlines, backslashes and quotes
+    in a key, and NaN and infinities in values, must come back as logged."""
+    store = TrackingStore(engine)
+    run_id = _run(store)
+    keys = ["a\tb", "line\nbreak", "back\\slash", "quote'\"", "ünï/cödé", "\\N"]
+    values = [math.nan, math.inf, -math.inf, -0.0, 1e-308, 1.5]
+    store.log_metric_points(
+        [(run_id, k, v, step, 7) for step, (k, v) in enumerate(zip(keys, values, strict=True))]
+    )
+    for step, (key, value) in enumerate(zip(keys, values, strict=True)):
+        [point] = store.metric_history(run_id, key)
+        assert point.step == step and _same(point.value, value), (key, point)
