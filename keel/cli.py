@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "tokens": ("keel.auth.cli:tokens", "Create, list and revoke API tokens."),
     "grants": ("keel.auth.cli:grants", "Give users read or write on an experiment."),
     "audit": ("keel.auth.cli:audit", "Show who wrote what, when (admins)."),
+    "data": ("keel.data.cli:data", "Version data files and folders in the content store."),
 }
 
 

@@ -1,0 +1,481 @@
+"""Version data files and folders: ``add`` them to the store behind a pointer file, ask for
+their ``status``, ``checkout`` them back exactly.
+
+The content goes into the artifact store (a folder as its files plus a manifest, the same
+objects ``ArtifactStore.put_dir`` makes); ``PATH.keel`` beside the data records the digest and
+is committed to git, and ``/PATH`` goes into the ``.gitignore`` beside it. Digests of unchanged
+files come from the stat cache (:mod:`keel.data.store`), so a repeated ``add`` or a ``status``
+does not read content that has not changed.
+
+There is no lock over the repository: each ``add`` writes its own objects (content-addressed,
+so racing writers agree), its own pointer (atomically) and one line of a ``.gitignore`` (locked
+briefly), so adds of different paths run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from keel.artifacts import ArtifactStore, Blob, hash_file
+from keel.artifacts.models import encode_manifest
+from keel.data.models import (
+    AddResult,
+    CheckoutResult,
+    PathStatus,
+    Pointer,
+    dump_pointer,
+    parse_pointer,
+)
+from keel.data.store import CACHE_FILENAME, StatCache
+from keel.data.workspace import (
+    SKIPPED_FOLDERS,
+    data_path_of,
+    find_pointers,
+    ignore_in_git,
+    pointer_path_of,
+    require_exists,
+    stat_or_none,
+    walk_files,
+    write_text_atomically,
+)
+from keel.errors import Conflict, InvalidInput, NotFound, StorageError
+from keel.settings import Settings
+
+__all__ = ["Workspace", "add", "checkout", "status"]
+
+HASH_THREADS = 4
+"""Files hashed (and stored) at once when many are new or changed."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_Files = dict[str, tuple[Path, os.stat_result]]
+
+
+class Workspace:
+    """Data versioning in the current folder against the store and stat cache of ``settings``.
+
+    Use it as a context manager (it holds the stat cache's SQLite connection), or call the
+    module functions :func:`add`, :func:`status` and :func:`checkout`, which make one.
+
+    Args:
+        settings: where the store (``artifact_url``) and the stat cache (``<home>``) are;
+            default ``Settings()``.
+
+    Example:
+        >>> with Workspace() as ws:  # doctest: +SKIP
+        ...     ws.add(["data/train.csv"])
+        ...     print(ws.status()[0].up_to_date)
+        True
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = ArtifactStore(self.settings.artifacts_url)
+        self.cache = StatCache(
+            self.settings.home_path / CACHE_FILENAME,
+            busy_timeout=self.settings.sqlite_busy_timeout,
+        )
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the stat cache."""
+        self.cache.close()
+
+    # -- add ------------------------------------------------------------------
+
+    def add(self, paths: Sequence[str | os.PathLike[str]]) -> list[AddResult]:
+        """Store each file or folder and write its pointer ``PATH.keel`` and ``.gitignore`` line.
+
+        Unchanged content is not re-read (the stat cache) nor re-stored, and a pointer that
+        already names it is left as it is, so adding again is a fast no-op.
+
+        Args:
+            paths: files or folders.
+
+        Returns:
+            One :class:`AddResult` per path, in order.
+
+        Raises:
+            NotFound: a path does not exist.
+            InvalidInput: a path is a pointer file, inside ``.git``, ``.keel`` or a tracked
+                folder, or holds the Keel home or a git repository; or a file in it cannot be
+                stored (a special file, a non-UTF-8 name).
+            StorageError: a file cannot be read, or the store or pointer cannot be written.
+        """
+        return [self._add_one(Path(path)) for path in paths]
+
+    def _add_one(self, given: Path) -> AddResult:
+        shown = str(given)
+        data = Path(os.path.abspath(given))
+        st = require_exists(data, shown)
+        self._check_addable(data, shown)
+        if stat.S_ISDIR(st.st_mode):
+            files = walk_files(data)
+            blobs = self._digests(files, store=True)
+            manifest = self.store.put_bytes(encode_manifest(blobs))
+            pointer = Pointer(
+                kind="directory",
+                hash=manifest.digest,
+                size=sum(b.size for b in blobs.values()),
+                files=len(blobs),
+            )
+        elif stat.S_ISREG(st.st_mode):
+            blob = self._digests({data.name: (data, st)}, store=True)[data.name]
+            pointer = Pointer(kind="file", hash=blob.digest, size=blob.size, files=1)
+        else:
+            raise InvalidInput(
+                f"{shown} is not a regular file or folder (a FIFO, socket or device)", path=shown
+            )
+        pointer_path = pointer_path_of(data)
+        old = self._existing_pointer(pointer_path)
+        if old is not None:
+            pointer = pointer.model_copy(update={"name": old.name, "version": old.version})
+        changed = old != pointer
+        if changed:
+            write_text_atomically(pointer_path, dump_pointer(pointer))
+        ignored = ignore_in_git(data)
+        return AddResult(
+            path=_display(data),
+            pointer_path=_display(pointer_path),
+            pointer=pointer,
+            changed=changed,
+            ignored=ignored,
+        )
+
+    def _check_addable(self, data: Path, shown: str) -> None:
+        if data.name.endswith(".keel"):
+            raise InvalidInput(
+                f"{shown} is a pointer file (or named like one); add the data it names",
+                path=shown,
+            )
+        if data.parent == data:
+            raise InvalidInput("cannot track the filesystem root", path=shown)
+        home = self.settings.home_path
+        if SKIPPED_FOLDERS & set(data.parts) or data.is_relative_to(home):
+            raise InvalidInput(f"{shown} is inside .git or the Keel home", path=shown)
+        if home.is_relative_to(data) or (data / ".git").exists():
+            raise InvalidInput(
+                f"{shown} holds the Keel home or a git repository; add the data folders "
+                "inside it instead",
+                path=shown,
+            )
+        for parent in data.parents:
+            if parent.name and pointer_path_of(parent).is_file():
+                raise InvalidInput(
+                    f"{shown} is inside the tracked folder {_display(parent)}; add that folder "
+                    "again instead",
+                    path=shown,
+                )
+
+    def _existing_pointer(self, pointer_path: Path) -> Pointer | None:
+        """The pointer already there, or None if there is none or it does not parse."""
+        try:
+            text = pointer_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise StorageError(f"cannot read {pointer_path}: {error}") from error
+        try:
+            return parse_pointer(text, source=_display(pointer_path))
+        except InvalidInput:
+            return None  # rewritten from the data
+
+    def _digests(self, files: _Files, *, store: bool) -> dict[str, Blob]:
+        """Each file's Blob, from the stat cache where its stat is unchanged.
+
+        With ``store``, files not yet in the artifact store are put there (a cached digest is
+        only trusted once the object exists).
+        """
+        blobs: dict[str, Blob] = {}
+        todo: list[str] = []
+        for rel, (path, st) in files.items():
+            digest = self.cache.lookup(str(path), st)
+            if digest is not None and (not store or self.store.exists(digest)):
+                blobs[rel] = Blob(digest=digest, size=st.st_size)
+            else:
+                todo.append(rel)
+        if not todo:
+            return blobs
+        started = time.time_ns()
+        read: Callable[[Path], Blob] = self.store.put_file if store else hash_file
+        fresh = _map_in_threads(lambda rel: read(files[rel][0]), todo)
+        blobs.update(zip(todo, fresh, strict=True))
+        self.cache.record(
+            (str(files[rel][0]), files[rel][1], blob.digest, started)
+            for rel, blob in zip(todo, fresh, strict=True)
+            if blob.size == files[rel][1].st_size
+        )
+        return dict(sorted(blobs.items()))
+
+    # -- status ---------------------------------------------------------------
+
+    def status(self, paths: Sequence[str | os.PathLike[str]] = ()) -> list[PathStatus]:
+        """How each tracked path's working copy differs from its pointer.
+
+        Args:
+            paths: data paths, pointer files or folders to search for pointers; default the
+                current folder.
+
+        Returns:
+            One :class:`PathStatus` per pointer found, sorted by pointer path.
+
+        Raises:
+            NotFound: a path is neither tracked nor a folder; a folder's manifest is not in
+                the store.
+            InvalidInput: a pointer file does not parse.
+            StorageError: a file cannot be read.
+        """
+        return [self._status_one(pointer_path) for pointer_path in self._pointers(paths)]
+
+    def _status_one(self, pointer_path: Path) -> PathStatus:
+        pointer = self._read_pointer(pointer_path)
+        data = data_path_of(pointer_path)
+        shown = _display(data)
+        result = PathStatus(path=shown, pointer=_display(pointer_path), kind=pointer.kind)
+        expected, working = self._compare(pointer, data, pointer_path)
+        for rel in sorted(expected.keys() | working.keys()):
+            name = shown if pointer.kind == "file" else f"{shown}/{rel}"
+            if rel not in working:
+                result.deleted.append(name)
+            elif rel not in expected:
+                result.added.append(name)
+            elif working[rel].digest != expected[rel].digest:
+                result.modified.append(name)
+        return result
+
+    def _compare(
+        self, pointer: Pointer, data: Path, pointer_path: Path
+    ) -> tuple[dict[str, Blob], dict[str, Blob]]:
+        """The files the pointer lists and those in the working copy, as rel -> Blob.
+
+        A file pointer is the one entry ``""``; a working copy of the wrong kind (a folder for
+        a file pointer, or the reverse) counts as everything deleted plus what is there added.
+        """
+        st = stat_or_none(data)
+        if pointer.kind == "file":
+            expected = {"": Blob(digest=pointer.hash, size=pointer.size)}
+            if st is None:
+                return expected, {}
+            if stat.S_ISDIR(st.st_mode):
+                return expected, {"": Blob(digest="0" * 64, size=0)}  # a folder: modified
+            return expected, self._digests({"": (data, st)}, store=False)
+        expected = self._manifest(pointer, pointer_path)
+        if st is None:
+            return expected, {}
+        if not stat.S_ISDIR(st.st_mode):
+            return expected, {}
+        return expected, self._digests(walk_files(data), store=False)
+
+    def _manifest(self, pointer: Pointer, pointer_path: Path) -> dict[str, Blob]:
+        try:
+            return self.store.read_manifest(pointer.hash)
+        except NotFound as error:
+            raise NotFound(
+                f"the folder listing of {_display(pointer_path)} ({pointer.hash}) is not in the "
+                f"store {self.settings.artifacts_url}: {error.message}",
+                digest=pointer.hash,
+            ) from None
+
+    def _read_pointer(self, pointer_path: Path) -> Pointer:
+        shown = _display(pointer_path)
+        try:
+            text = pointer_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"no such pointer file: {shown}", path=shown) from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{shown} is not a valid Keel pointer: not UTF-8 text") from None
+        except OSError as error:
+            raise StorageError(f"cannot read {shown}: {error.strerror or error}") from error
+        return parse_pointer(text, source=shown)
+
+    def _pointers(self, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+        """The pointer files that ``paths`` name (see :meth:`status`), without duplicates."""
+        if not paths:
+            return find_pointers(Path.cwd())
+        found: dict[Path, None] = {}
+        for given in paths:
+            shown = str(given)
+            path = Path(os.path.abspath(given))
+            if path.name.endswith(".keel") and path.is_file():
+                found[path] = None
+            elif pointer_path_of(path).is_file():
+                found[pointer_path_of(path)] = None
+            elif path.is_dir():
+                found.update(dict.fromkeys(find_pointers(path)))
+            elif path.exists():
+                raise NotFound(
+                    f"{shown} is not tracked: there is no {pointer_path_of(Path(shown))}",
+                    path=shown,
+                )
+            else:
+                raise NotFound(f"no such file, folder or pointer: {shown}", path=shown)
+        return list(found)
+
+    # -- checkout -------------------------------------------------------------
+
+    def checkout(
+        self, paths: Sequence[str | os.PathLike[str]] = (), *, force: bool = False
+    ) -> list[CheckoutResult]:
+        """Restore each tracked path's working copy from the store, exactly as its pointer says.
+
+        Missing and modified files are written from the store (copies, atomically, after the
+        content checked out against its digest), so editing them later never touches the store.
+        Files in a tracked folder that the pointer does not list are reported and kept.
+
+        Args:
+            paths: as for :meth:`status`; default every pointer under the current folder.
+            force: also delete files the pointer does not list, and replace a folder where
+                the pointer has a file (or a file where it has a folder).
+
+        Returns:
+            One :class:`CheckoutResult` per pointer.
+
+        Raises:
+            NotFound: a pointer's object is not in the store.
+            Conflict: a folder is where a file must go, or a file where a folder must be
+                (without ``force``); nothing of that path was written.
+            StorageError: an object is corrupt (moved to the store's ``quarantine/``), or a
+                file cannot be written.
+        """
+        return [self._checkout_one(p, force=force) for p in self._pointers(paths)]
+
+    def _checkout_one(self, pointer_path: Path, *, force: bool) -> CheckoutResult:
+        pointer = self._read_pointer(pointer_path)
+        data = data_path_of(pointer_path)
+        shown = _display(data)
+        result = CheckoutResult(path=shown, pointer=_display(pointer_path))
+        st = stat_or_none(data)
+        wrong_kind = st is not None and (pointer.kind == "file") == stat.S_ISDIR(st.st_mode)
+        if wrong_kind:
+            if not force:
+                what = "a folder" if pointer.kind == "file" else "a file"
+                raise Conflict(
+                    f"{shown} is {what}, but {result.pointer} tracks a {pointer.kind}; "
+                    "move it away, or pass --force to replace it",
+                    path=shown,
+                )
+            _remove(data)
+        expected, working = self._compare(pointer, data, pointer_path)
+        if pointer.kind == "file":
+            if working.get("") != expected[""]:
+                self.store.get_file(pointer.hash, data)
+                result.restored.append(shown)
+            return result
+        extra = sorted(working.keys() - expected.keys())
+        result.extra = [f"{shown}/{rel}" for rel in extra]
+        if force:
+            for rel in extra:
+                _remove(data.joinpath(*rel.split("/")))
+                _prune_empty(data.joinpath(*rel.split("/")).parent, data)
+            result.removed = result.extra
+            result.extra = []
+        todo = {
+            rel: blob.digest
+            for rel, blob in expected.items()
+            if rel not in working or working[rel].digest != blob.digest
+        }
+        self.store.get_files(todo, data)
+        result.restored = [f"{shown}/{rel}" for rel in sorted(todo)]
+        return result
+
+
+# -- module functions -------------------------------------------------------------
+
+
+def add(
+    paths: Sequence[str | os.PathLike[str]], *, settings: Settings | None = None
+) -> list[AddResult]:
+    """Version files and folders: see :meth:`Workspace.add`.
+
+    Example:
+        >>> keel.data.add(["data/train.csv", "images/"])  # doctest: +SKIP
+        [AddResult(path='data/train.csv', pointer_path='data/train.csv.keel', ...), ...]
+    """
+    with Workspace(settings) as ws:
+        return ws.add(paths)
+
+
+def status(
+    paths: Sequence[str | os.PathLike[str]] = (), *, settings: Settings | None = None
+) -> list[PathStatus]:
+    """What changed since each pointer: see :meth:`Workspace.status`.
+
+    Example:
+        >>> [s.modified for s in keel.data.status()]  # doctest: +SKIP
+        [['images/cat.png']]
+    """
+    with Workspace(settings) as ws:
+        return ws.status(paths)
+
+
+def checkout(
+    paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> list[CheckoutResult]:
+    """Restore working copies from the store: see :meth:`Workspace.checkout`.
+
+    Example:
+        >>> keel.data.checkout(["images"])  # doctest: +SKIP
+        [CheckoutResult(path='images', restored=['images/cat.png'], ...)]
+    """
+    with Workspace(settings) as ws:
+        return ws.checkout(paths, force=force)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, else absolute."""
+    cwd = Path.cwd()
+    if path.is_relative_to(cwd) and path != cwd:
+        return path.relative_to(cwd).as_posix()
+    return str(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as error:
+        raise StorageError(f"cannot remove {path}: {error.strerror or error}") from error
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``root`` while they are empty."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _map_in_threads(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    items = list(items)
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(items))) as pool:
+        return list(pool.map(function, items))

@@ -1,0 +1,136 @@
+"""``keel data add``, ``keel data status`` and ``keel data checkout``.
+
+Each command calls one function of :mod:`keel.data.api`; ``status`` takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from keel.data.api import add as add_paths
+from keel.data.api import checkout as checkout_paths
+from keel.data.api import status as status_paths
+from keel.data.models import PathStatus
+
+__all__ = ["data"]
+
+_paths_argument = click.argument("paths", nargs=-1, type=click.Path())
+
+
+@click.group()
+def data() -> None:
+    """Version data files and folders: pointer files in git, content in the Keel store.
+
+    \b
+    Example:
+      keel data add data/train.csv images/
+      git add data/train.csv.keel images.keel data/.gitignore .gitignore
+    """
+
+
+@data.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def add(paths: tuple[str, ...]) -> None:
+    """Store files or folders and write a pointer PATH.keel beside each.
+
+    The content goes into the Keel store, PATH.keel (commit it to git) names it by its BLAKE3
+    hash, and /PATH is added to the .gitignore beside PATH. Adding unchanged data again does
+    nothing and reads nothing.
+
+    \b
+    Example:
+      keel data add data/train.csv images/
+    """
+    results = add_paths(list(paths))
+    for result in results:
+        p = result.pointer
+        what = f"{p.files} file{'s' if p.files != 1 else ''}, {_size(p.size)}"
+        if result.changed:
+            click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
+        else:
+            click.echo(f"{result.path} is unchanged ({what}); {result.pointer_path} kept")
+    changed = [r.pointer_path for r in results if r.changed or r.ignored]
+    if changed:
+        click.echo(f"To track the changes with git: git add {' '.join(changed)} .gitignore")
+
+
+@data.command()
+@_paths_argument
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(paths: tuple[str, ...], as_json: bool) -> None:
+    """List files added, modified and deleted since each pointer (default: every pointer
+    under the current folder). Unchanged files are answered from the stat cache, unread.
+
+    \b
+    Example:
+      keel data status
+      keel data status images --json
+    """
+    results = status_paths(list(paths))
+    if as_json:
+        rows = [{**r.model_dump(), "up_to_date": r.up_to_date} for r in results]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not results:
+        click.echo("No tracked data here (no *.keel pointer files).")
+    for result in results:
+        _print_status(result)
+
+
+def _print_status(result: PathStatus) -> None:
+    if result.up_to_date:
+        click.echo(f"{result.path}: up to date")
+        return
+    click.echo(f"{result.path}: changed since {result.pointer}")
+    for label, names, color in (
+        ("added", result.added, "green"),
+        ("modified", result.modified, "yellow"),
+        ("deleted", result.deleted, "red"),
+    ):
+        for name in names:
+            click.secho(f"  {label + ':':9} {name}", fg=color)
+
+
+@data.command()
+@_paths_argument
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also delete files a tracked folder has beyond its pointer, and replace a folder "
+    "where a file is tracked (or the reverse).",
+)
+def checkout(paths: tuple[str, ...], force: bool) -> None:
+    """Restore tracked data exactly as its pointer says (default: every pointer under the
+    current folder). Missing and modified files are copied from the store; extra files in a
+    tracked folder are listed and kept unless --force.
+
+    \b
+    Example:
+      keel data checkout images
+    """
+    results = checkout_paths(list(paths), force=force)
+    if not results:
+        click.echo("No tracked data here (no *.keel pointer files).")
+    for result in results:
+        if result.restored:
+            n = len(result.restored)
+            click.echo(f"{result.path}: restored {n} file{'s' if n != 1 else ''}")
+        else:
+            click.echo(f"{result.path}: up to date")
+        for name in result.removed:
+            click.secho(f"  deleted (not in {result.pointer}): {name}", fg="red")
+        for name in result.extra:
+            click.secho(
+                f"  kept (not in {result.pointer}; --force deletes it): {name}", fg="yellow"
+            )
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover

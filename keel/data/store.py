@@ -1,0 +1,106 @@
+"""The stat cache: the digest of each working file, keyed by its path and stat.
+
+``keel data status`` and a repeated ``keel data add`` look a file up here by absolute path and
+``(size, mtime_ns, inode)``; a match gives its BLAKE3 digest without reading the content. The
+table lives in its own small SQLite file, ``<home>/data-cache.db`` (not the metadata database:
+it is a cache, safe to delete, and only ever local).
+
+A file changed within the filesystem's timestamp granularity of being hashed could keep its
+size and mtime (git calls this "racily clean"). So an entry only counts when the file's mtime
+is at least :data:`RACY_WINDOW_NS` older than the moment it was hashed; a file written just
+before it was hashed is hashed again next time, and then cached for good.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from keel.errors import StorageError
+
+__all__ = ["CACHE_FILENAME", "RACY_WINDOW_NS", "StatCache"]
+
+CACHE_FILENAME = "data-cache.db"
+RACY_WINDOW_NS = 2_000_000_000
+"""An mtime this close to the hashing time is not trusted (2 s covers FAT's granularity)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stat_cache (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    hashed_ns INTEGER NOT NULL
+)
+"""
+
+
+class StatCache:
+    """Digests of local files by ``(path, size, mtime_ns, inode)``; counts hits and misses.
+
+    Args:
+        path: the SQLite file (created with its folder if missing).
+        busy_timeout: seconds a writer waits for another process's write to finish.
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float = 60.0) -> None:
+        self.path = path
+        self.hits = 0
+        self.misses = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise StorageError(
+                f"cannot open the stat cache {path}: {error}", path=str(path)
+            ) from error
+
+    def lookup(self, path: str, st: os.stat_result) -> str | None:
+        """The cached digest of the file at ``path`` if its stat is unchanged, else None."""
+        row = self._conn.execute(
+            "SELECT size, mtime_ns, inode, digest, hashed_ns FROM stat_cache WHERE path = ?",
+            (path,),
+        ).fetchone()
+        if (
+            row is not None
+            and row[0] == st.st_size
+            and row[1] == st.st_mtime_ns
+            and row[2] == st.st_ino
+            and st.st_mtime_ns + RACY_WINDOW_NS <= row[4]
+        ):
+            self.hits += 1
+            return str(row[3])
+        self.misses += 1
+        return None
+
+    def record(self, entries: Iterable[tuple[str, os.stat_result, str, int]]) -> None:
+        """Remember digests: ``(path, stat taken before hashing, digest, time hashed in ns)``.
+
+        One short transaction, so concurrent adds of other paths wait only milliseconds.
+        """
+        rows = [
+            (path, st.st_size, st.st_mtime_ns, st.st_ino, digest, hashed_ns)
+            for path, st, digest, hashed_ns in entries
+        ]
+        if not rows:
+            return
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+        except sqlite3.Error as error:
+            raise StorageError(
+                f"cannot write the stat cache {self.path}: {error}", path=str(self.path)
+            ) from error
+
+    def close(self) -> None:
+        """Close the SQLite connection."""
+        self._conn.close()

@@ -1,0 +1,211 @@
+"""The working tree side of data versioning: walking data folders, finding pointer files,
+writing them atomically, and keeping tracked data out of git through ``.gitignore``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from contextlib import suppress
+from pathlib import Path
+
+from keel.data.models import POINTER_SUFFIX
+from keel.errors import InvalidInput, NotFound, StorageError
+
+__all__ = [
+    "SKIPPED_FOLDERS",
+    "data_path_of",
+    "find_pointers",
+    "gitignore_entry",
+    "ignore_in_git",
+    "pointer_path_of",
+    "require_exists",
+    "stat_or_none",
+    "walk_files",
+    "write_text_atomically",
+]
+
+SKIPPED_FOLDERS = frozenset({".git", ".keel"})
+"""Folders never searched for pointer files."""
+
+
+def pointer_path_of(data: Path) -> Path:
+    """``data.csv`` -> ``data.csv.keel``; ``images/`` -> ``images.keel`` (beside the data)."""
+    return data.with_name(data.name + POINTER_SUFFIX)
+
+
+def data_path_of(pointer: Path) -> Path:
+    """The data path a pointer file names: its own path without ``.keel``."""
+    return pointer.with_name(pointer.name[: -len(POINTER_SUFFIX)])
+
+
+def walk_files(root: Path) -> dict[str, tuple[Path, os.stat_result]]:
+    """Every regular file under ``root`` by relative POSIX path, with its stat.
+
+    Symlinks are followed, as the artifact store does when it stores a folder, so the same
+    files are listed that ``put_dir`` would store.
+
+    Raises:
+        InvalidInput: a name is not UTF-8, a symlink loops, or an entry is a special file.
+        StorageError: a folder cannot be listed or an entry cannot be read.
+    """
+    found: dict[str, tuple[Path, os.stat_result]] = {}
+    st = os.stat(root)
+    _walk(root, "", frozenset({(st.st_dev, st.st_ino)}), found)
+    return dict(sorted(found.items()))
+
+
+def _walk(
+    folder: Path,
+    prefix: str,
+    ancestors: frozenset[tuple[int, int]],
+    found: dict[str, tuple[Path, os.stat_result]],
+) -> None:
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError as error:
+        raise StorageError(
+            f"cannot list {folder}: {error.strerror or error}", path=str(folder)
+        ) from error
+    for entry in entries:
+        path = Path(entry.path)
+        rel = prefix + entry.name
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(
+                f"{path!r}: file names must be valid UTF-8 to be stored", path=repr(path)
+            ) from None
+        try:
+            st = entry.stat()  # follows symlinks
+        except OSError as error:
+            broken = " (a broken symlink)" if entry.is_symlink() else ""
+            raise StorageError(
+                f"cannot read {path}{broken}: {error.strerror or error}", path=str(path)
+            ) from error
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                raise InvalidInput(f"{path} is a symlink loop", path=str(path))
+            _walk(path, rel + "/", ancestors | {key}, found)
+        elif stat.S_ISREG(st.st_mode):
+            found[rel] = (path, st)
+        else:
+            raise InvalidInput(
+                f"{path} is not a regular file or folder (a FIFO, socket or device): "
+                "it cannot be stored",
+                path=str(path),
+            )
+
+
+def find_pointers(root: Path) -> list[Path]:
+    """Every ``*.keel`` pointer file under ``root``, sorted.
+
+    ``.git`` and ``.keel`` folders are skipped, and so are tracked data folders (a folder with a
+    pointer beside it), so a large dataset costs nothing to skip. Symlinked folders are not
+    followed.
+    """
+    pointers: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        names = {name for name in files if _is_pointer_name(name)}
+        pointers.extend(here / name for name in names if (here / name).is_file())
+        dirs[:] = sorted(
+            d for d in dirs if d not in SKIPPED_FOLDERS and d + POINTER_SUFFIX not in names
+        )
+    return sorted(pointers)
+
+
+def _is_pointer_name(name: str) -> bool:
+    return name.endswith(POINTER_SUFFIX) and len(name) > len(POINTER_SUFFIX)
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    """Write ``target`` through a temp file beside it, then rename it over ``target``.
+
+    A reader (or a killed writer) sees the old file or the new one, never half of one.
+
+    Raises:
+        StorageError: the file cannot be written.
+    """
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.keel-tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as error:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(
+            f"cannot write {target}: {error.strerror or error}", path=str(target)
+        ) from error
+
+
+def gitignore_entry(name: str) -> str:
+    """The ``.gitignore`` line that ignores exactly ``name`` in the same folder: ``/name``.
+
+    Characters special to gitignore patterns are escaped with a backslash.
+    """
+    escaped = "".join("\\" + c if c in "*?[\\" else c for c in name)
+    if escaped.endswith(" "):
+        escaped = escaped[:-1] + "\\ "
+    return "/" + escaped
+
+
+def ignore_in_git(data: Path) -> bool:
+    """Add ``/NAME`` for ``data`` to the ``.gitignore`` in its folder unless it is there.
+
+    The file is locked while it is read and appended (on POSIX), so concurrent adds in one
+    folder do not lose each other's lines; adds in other folders do not wait.
+
+    Returns:
+        True if the line was added, False if it was already there.
+
+    Raises:
+        StorageError: the ``.gitignore`` cannot be read or written.
+    """
+    entry = gitignore_entry(data.name)
+    path = data.parent / ".gitignore"
+    try:
+        with open(path, "a+b") as handle:
+            _lock(handle.fileno())
+            handle.seek(0)
+            content = handle.read()
+            lines = content.decode("utf-8", errors="replace").splitlines()
+            if entry in (line.rstrip("\r") for line in lines):
+                return False
+            prefix = b"" if not content or content.endswith(b"\n") else b"\n"
+            handle.write(prefix + entry.encode("utf-8") + b"\n")
+            return True
+    except OSError as error:
+        raise StorageError(
+            f"cannot update {path}: {error.strerror or error}", path=str(path)
+        ) from error
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: appends are not locked
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+
+
+def stat_or_none(path: Path) -> os.stat_result | None:
+    """``os.stat(path)`` (following symlinks), or None if nothing is there."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def require_exists(path: Path, shown: str) -> os.stat_result:
+    """``os.stat(path)``, or NotFound naming ``shown`` (what the user typed)."""
+    st = stat_or_none(path)
+    if st is None:
+        raise NotFound(f"no such file or directory: {shown}", path=shown)
+    return st

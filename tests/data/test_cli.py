@@ -1,0 +1,116 @@
+"""``keel data`` on the command line: each command, its JSON, and user mistakes as one red line."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+
+def _run_main(runner: CliRunner, args: list[str]):  # type: ignore[no-untyped-def]
+    import click
+
+    @click.command(context_settings={"ignore_unknown_options": True})
+    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+    def shim(argv: tuple[str, ...]) -> None:
+        from keel.cli import main
+
+        main(list(argv))
+
+    return runner.invoke(shim, args)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    past = time.time_ns() - 60_000_000_000
+    os.utime(path, ns=(past, past))
+
+
+def _one_red_line(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return str(lines[0])
+
+
+def test_add_status_checkout(cli: CliRunner, tmp_path: Path) -> None:
+    _write(tmp_path / "images" / "cat.txt", "meow")
+    _write(tmp_path / "images" / "sub" / "dog.txt", "woof")
+    result = _run_main(cli, ["data", "add", "images"])
+    assert result.exit_code == 0, result.output
+    assert "Added images (2 files, 8 B) -> images.keel" in result.output
+    assert "git add images.keel .gitignore" in result.output
+
+    result = _run_main(cli, ["data", "add", "images"])
+    assert result.exit_code == 0 and "images is unchanged" in result.output
+
+    result = _run_main(cli, ["data", "status"])
+    assert result.exit_code == 0 and result.output == "images: up to date\n"
+
+    _write(tmp_path / "images" / "sub" / "dog.txt", "WOOF!")
+    _write(tmp_path / "images" / "new.txt", "new")
+    result = _run_main(cli, ["data", "status"])
+    assert result.exit_code == 0
+    assert "modified: images/sub/dog.txt" in result.output
+    assert "added:    images/new.txt" in result.output
+
+    result = _run_main(cli, ["data", "status", "images", "--json"])
+    [row] = json.loads(result.output)
+    assert row["modified"] == ["images/sub/dog.txt"] and row["added"] == ["images/new.txt"]
+    assert row["deleted"] == [] and row["up_to_date"] is False
+
+    result = _run_main(cli, ["data", "checkout"])
+    assert result.exit_code == 0, result.output
+    assert "images: restored 1 file" in result.output
+    assert "--force deletes it): images/new.txt" in result.output
+    assert (tmp_path / "images" / "sub" / "dog.txt").read_text() == "woof"
+
+    result = _run_main(cli, ["data", "checkout", "images", "--force"])
+    assert result.exit_code == 0 and "deleted (not in images.keel): images/new.txt" in result.output
+    assert json.loads(_run_main(cli, ["data", "status", "--json"]).output)[0]["up_to_date"]
+
+
+def test_nothing_tracked(cli: CliRunner) -> None:
+    result = _run_main(cli, ["data", "status"])
+    assert result.exit_code == 0 and "No tracked data here" in result.output
+    assert json.loads(_run_main(cli, ["data", "status", "--json"]).output) == []
+
+
+def test_add_mistakes(cli: CliRunner, tmp_path: Path) -> None:
+    line = _one_red_line(_run_main(cli, ["data", "add", "missing.csv"]))
+    assert "no such file or directory: missing.csv" in line
+    _write(tmp_path / "a.csv", "a")
+    assert _run_main(cli, ["data", "add", "a.csv"]).exit_code == 0
+    assert "pointer file" in _one_red_line(_run_main(cli, ["data", "add", "a.csv.keel"]))
+    result = _run_main(cli, ["data", "add"])
+    assert result.exit_code == 2 and "Missing argument" in result.output
+
+
+def test_status_and_checkout_mistakes(cli: CliRunner, tmp_path: Path) -> None:
+    line = _one_red_line(_run_main(cli, ["data", "status", "nowhere"]))
+    assert "no such file, folder or pointer: nowhere" in line
+    (tmp_path / "plain.txt").write_text("p")
+    line = _one_red_line(_run_main(cli, ["data", "checkout", "plain.txt"]))
+    assert "plain.txt is not tracked: there is no plain.txt.keel" in line
+    (tmp_path / "bad.keel").write_text("keel_pointer: 1\nkind: {\n")
+    line = _one_red_line(_run_main(cli, ["data", "status"]))
+    assert "bad.keel is not a valid Keel pointer: not YAML" in line
+    line = _one_red_line(_run_main(cli, ["data", "checkout", "bad.keel"]))
+    assert "not a valid Keel pointer" in line
+
+
+def test_corrupt_object_on_checkout(cli: CliRunner, tmp_path: Path, home: Path) -> None:
+    _write(tmp_path / "model.bin", "weights")
+    assert _run_main(cli, ["data", "add", "model.bin"]).exit_code == 0
+    digest = yaml.safe_load((tmp_path / "model.bin.keel").read_text())["hash"]
+    (home / "artifacts" / "objects" / digest[:2] / digest[2:]).write_bytes(b"corrupt")
+    (tmp_path / "model.bin").unlink()
+    line = _one_red_line(_run_main(cli, ["data", "checkout"]))
+    assert "corrupt" in line and digest in line
+    assert not (tmp_path / "model.bin").exists()
