@@ -56,7 +56,7 @@ HASH_THREADS = 4
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_Files = dict[str, tuple[Path, os.stat_result]]
+_Files = dict[str, tuple[str, os.stat_result]]
 
 
 class Workspace:
@@ -128,6 +128,7 @@ class Workspace:
         st = require_exists(data, shown)
         self._check_addable(data, shown)
         if stat.S_ISDIR(st.st_mode):
+            self.cache.preload(str(data))
             files = walk_files(data)
             blobs = self._digests(files, store=True)
             manifest = self.store.put_bytes(encode_manifest(blobs))
@@ -138,7 +139,7 @@ class Workspace:
                 files=len(blobs),
             )
         elif stat.S_ISREG(st.st_mode):
-            blob = self._digests({data.name: (data, st)}, store=True)[data.name]
+            blob = self._digests({data.name: (str(data), st)}, store=True)[data.name]
             pointer = Pointer(kind="file", hash=blob.digest, size=blob.size, files=1)
         else:
             raise InvalidInput(
@@ -207,19 +208,19 @@ class Workspace:
         blobs: dict[str, Blob] = {}
         todo: list[str] = []
         for rel, (path, st) in files.items():
-            digest = self.cache.lookup(str(path), st)
+            digest = self.cache.lookup(path, st)
             if digest is not None and (not store or self.store.exists(digest)):
-                blobs[rel] = Blob(digest=digest, size=st.st_size)
+                blobs[rel] = Blob.model_construct(digest=digest, size=st.st_size)  # valid
             else:
                 todo.append(rel)
         if not todo:
             return blobs
         started = time.time_ns()
-        read: Callable[[Path], Blob] = self.store.put_file if store else hash_file
+        read: Callable[[str], Blob] = self.store.put_file if store else hash_file
         fresh = _map_in_threads(lambda rel: read(files[rel][0]), todo)
         blobs.update(zip(todo, fresh, strict=True))
         self.cache.record(
-            (str(files[rel][0]), files[rel][1], blob.digest, started)
+            (files[rel][0], files[rel][1], blob.digest, started)
             for rel, blob in zip(todo, fresh, strict=True)
             if blob.size == files[rel][1].st_size
         )
@@ -276,12 +277,13 @@ class Workspace:
                 return expected, {}
             if stat.S_ISDIR(st.st_mode):
                 return expected, {"": Blob(digest="0" * 64, size=0)}  # a folder: modified
-            return expected, self._digests({"": (data, st)}, store=False)
+            return expected, self._digests({"": (str(data), st)}, store=False)
         expected = self._manifest(pointer, pointer_path)
         if st is None:
             return expected, {}
         if not stat.S_ISDIR(st.st_mode):
             return expected, {}
+        self.cache.preload(str(data))
         return expected, self._digests(walk_files(data), store=False)
 
     def _manifest(self, pointer: Pointer, pointer_path: Path) -> dict[str, Blob]:

@@ -50,6 +50,7 @@ class StatCache:
         self.path = path
         self.hits = 0
         self.misses = 0
+        self._preloaded: dict[str, tuple[int, int, int, str, int]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
@@ -61,12 +62,25 @@ class StatCache:
                 f"cannot open the stat cache {path}: {error}", path=str(path)
             ) from error
 
+    def preload(self, folder: str) -> None:
+        """Read every entry under ``folder`` in one query (a folder of many files)."""
+        prefix = folder.rstrip(os.sep) + os.sep
+        end = prefix[:-1] + chr(ord(os.sep) + 1)
+        rows = self._conn.execute(
+            "SELECT path, size, mtime_ns, inode, digest, hashed_ns FROM stat_cache "
+            "WHERE path >= ? AND path < ?",
+            (prefix, end),
+        )
+        self._preloaded.update((row[0], row[1:]) for row in rows)
+
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The cached digest of the file at ``path`` if its stat is unchanged, else None."""
-        row = self._conn.execute(
-            "SELECT size, mtime_ns, inode, digest, hashed_ns FROM stat_cache WHERE path = ?",
-            (path,),
-        ).fetchone()
+        row = self._preloaded.get(path)
+        if row is None:
+            row = self._conn.execute(
+                "SELECT size, mtime_ns, inode, digest, hashed_ns FROM stat_cache WHERE path = ?",
+                (path,),
+            ).fetchone()
         if (
             row is not None
             and row[0] == st.st_size
@@ -90,6 +104,9 @@ class StatCache:
         ]
         if not rows:
             return
+        for row in rows:
+            if row[0] in self._preloaded:
+                self._preloaded[row[0]] = row[1:]
         try:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")

@@ -40,8 +40,8 @@ def data_path_of(pointer: Path) -> Path:
     return pointer.with_name(pointer.name[: -len(POINTER_SUFFIX)])
 
 
-def walk_files(root: Path) -> dict[str, tuple[Path, os.stat_result]]:
-    """Every regular file under ``root`` by relative POSIX path, with its stat.
+def walk_files(root: Path) -> dict[str, tuple[str, os.stat_result]]:
+    """Every regular file under ``root`` by relative POSIX path, with its path and stat.
 
     Symlinks are followed, as the artifact store does when it stores a folder, so the same
     files are listed that ``put_dir`` would store.
@@ -50,17 +50,17 @@ def walk_files(root: Path) -> dict[str, tuple[Path, os.stat_result]]:
         InvalidInput: a name is not UTF-8, a symlink loops, or an entry is a special file.
         StorageError: a folder cannot be listed or an entry cannot be read.
     """
-    found: dict[str, tuple[Path, os.stat_result]] = {}
+    found: dict[str, tuple[str, os.stat_result]] = {}
     st = os.stat(root)
-    _walk(root, "", frozenset({(st.st_dev, st.st_ino)}), found)
+    _walk(str(root), "", frozenset({(st.st_dev, st.st_ino)}), found)
     return dict(sorted(found.items()))
 
 
 def _walk(
-    folder: Path,
+    folder: str,
     prefix: str,
     ancestors: frozenset[tuple[int, int]],
-    found: dict[str, tuple[Path, os.stat_result]],
+    found: dict[str, tuple[str, os.stat_result]],
 ) -> None:
     try:
         with os.scandir(folder) as listing:
@@ -70,7 +70,7 @@ def _walk(
             f"cannot list {folder}: {error.strerror or error}", path=str(folder)
         ) from error
     for entry in entries:
-        path = Path(entry.path)
+        path = entry.path  # a str: Path objects for every file cost more than the stat
         rel = prefix + entry.name
         try:
             rel.encode("utf-8")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,3 +116,27 @@ def test_corrupt_object_on_checkout(cli: CliRunner, tmp_path: Path, home: Path) 
     line = _one_red_line(_run_main(cli, ["data", "checkout"]))
     assert "corrupt" in line and digest in line
     assert not (tmp_path / "model.bin").exists()
+
+
+def test_concurrent_add_processes_of_different_paths(home: Path, tmp_path: Path) -> None:
+    for i in range(4):
+        for j in range(30):
+            _write(tmp_path / f"set{i}" / f"{j}.txt", f"{i}-{j}")
+    code = "import sys; from keel.cli import main; main(sys.argv[1:])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, "data", "add", f"set{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    assert sorted((tmp_path / ".gitignore").read_text().splitlines()) == [
+        f"/set{i}" for i in range(4)
+    ]
+    rows = json.loads(_run_main(CliRunner(), ["data", "status", "--json"]).output)
+    assert [r["path"] for r in rows] == [f"set{i}" for i in range(4)]
+    assert all(r["up_to_date"] for r in rows)
