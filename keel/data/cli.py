@@ -6,6 +6,7 @@ Each command calls one function of :mod:`keel.data.api`; ``status`` takes ``--js
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 
 import click
 
@@ -51,9 +52,13 @@ def add(paths: tuple[str, ...]) -> None:
             click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
         else:
             click.echo(f"{result.path} is unchanged ({what}); {result.pointer_path} kept")
-    changed = [r.pointer_path for r in results if r.changed or r.ignored]
-    if changed:
-        click.echo(f"To track the changes with git: git add {' '.join(changed)} .gitignore")
+    to_commit = [r.pointer_path for r in results if r.changed]
+    for result in results:
+        gitignore = (PurePosixPath(result.path).parent / ".gitignore").as_posix()
+        if result.ignored and gitignore not in to_commit:
+            to_commit.append(gitignore)
+    if to_commit:
+        click.echo(f"To track the changes with git: git add {' '.join(to_commit)}")
 
 
 @data.command()

@@ -47,7 +47,7 @@ def test_add_status_checkout(cli: CliRunner, tmp_path: Path) -> None:
     result = _run_main(cli, ["data", "add", "images"])
     assert result.exit_code == 0, result.output
     assert "Added images (2 files, 8 B) -> images.keel" in result.output
-    assert "git add images.keel .gitignore" in result.output
+    assert "git add images.keel .gitignore\n" in result.output
 
     result = _run_main(cli, ["data", "add", "images"])
     assert result.exit_code == 0 and "images is unchanged" in result.output
@@ -76,6 +76,15 @@ def test_add_status_checkout(cli: CliRunner, tmp_path: Path) -> None:
     result = _run_main(cli, ["data", "checkout", "images", "--force"])
     assert result.exit_code == 0 and "deleted (not in images.keel): images/new.txt" in result.output
     assert json.loads(_run_main(cli, ["data", "status", "--json"]).output)[0]["up_to_date"]
+
+
+def test_add_names_what_to_commit(cli: CliRunner, tmp_path: Path) -> None:
+    _write(tmp_path / "images" / "cat.txt", "meow")
+    assert _run_main(cli, ["data", "add", "images"]).exit_code == 0
+    _write(tmp_path / "data" / "train.csv", "a,b")
+    result = _run_main(cli, ["data", "add", "data/train.csv", "images"])
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("git add data/train.csv.keel data/.gitignore\n")
 
 
 def test_nothing_tracked(cli: CliRunner) -> None:
