@@ -65,8 +65,10 @@ def add(paths: tuple[str, ...]) -> None:
 @_paths_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def status(paths: tuple[str, ...], as_json: bool) -> None:
-    """List files added, modified and deleted since each pointer (default: every pointer
-    under the current folder). Unchanged files are answered from the stat cache, unread.
+    """List files added, modified and deleted since each pointer.
+
+    With no PATH, every pointer under the current folder. Unchanged files are answered from
+    the stat cache, unread. Exits 0 whatever changed.
 
     \b
     Example:
@@ -107,9 +109,11 @@ def _print_status(result: PathStatus) -> None:
     "where a file is tracked (or the reverse).",
 )
 def checkout(paths: tuple[str, ...], force: bool) -> None:
-    """Restore tracked data exactly as its pointer says (default: every pointer under the
-    current folder). Missing and modified files are copied from the store; extra files in a
-    tracked folder are listed and kept unless --force.
+    """Restore tracked data exactly as its pointer says.
+
+    With no PATH, every pointer under the current folder. Missing and modified files are
+    copied from the store (checked against their hash first); extra files in a tracked folder
+    are listed and kept unless --force.
 
     \b
     Example:
