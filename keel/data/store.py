@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from keel.errors import StorageError
@@ -54,9 +55,9 @@ class StatCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), busy_timeout)
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
+            _retry_while_locked(lambda: self._conn.execute(_SCHEMA), busy_timeout)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open the stat cache {path}: {error}", path=str(path)
@@ -121,3 +122,24 @@ class StatCache:
     def close(self) -> None:
         """Close the SQLite connection."""
         self._conn.close()
+
+
+def _retry_while_locked(statement: Callable[[], object], timeout: float) -> None:
+    """Run ``statement``, retrying while another connection holds the lock.
+
+    Switching a new file to WAL and creating the table take a lock that SQLite's busy timeout
+    does not always wait for (two processes opening a fresh cache at once): retry until
+    ``timeout`` seconds have passed.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as error:
+            text = str(error)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
