@@ -267,8 +267,8 @@ class Workspace:
     ) -> tuple[dict[str, Blob], dict[str, Blob]]:
         """The files the pointer lists and those in the working copy, as rel -> Blob.
 
-        A file pointer is the one entry ``""``; a working copy of the wrong kind (a folder for
-        a file pointer, or the reverse) counts as everything deleted plus what is there added.
+        A file pointer is the one entry ``""``. A folder where a file is tracked counts as
+        that file modified; a file where a folder is tracked, as every file deleted.
         """
         st = stat_or_none(data)
         if pointer.kind == "file":
