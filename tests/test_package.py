@@ -28,7 +28,9 @@ def test_all_is_sorted_and_complete() -> None:
     assert fluent_public <= set(keel.__all__)
 
 
-@pytest.mark.parametrize("package", ["keel.tracking", "keel.artifacts", "keel.db"])
+@pytest.mark.parametrize(
+    "package", ["keel.tracking", "keel.artifacts", "keel.db", "keel.auth", "keel.data"]
+)
 def test_subpackages_have_a_docstring_and_all(package: str) -> None:
     module = __import__(package, fromlist=["__all__"])
     assert module.__doc__ and isinstance(module.__all__, list)
