@@ -133,3 +133,18 @@ def sqlite_client(home: Path) -> Iterator[Client]:
 def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("COLUMNS", "200")  # rich tables wide enough to assert on
     return CliRunner()
+
+
+def run_main(runner: CliRunner, args: list[str]):  # type: ignore[no-untyped-def]
+    """``keel ARGS`` through :func:`keel.cli.main`, the entry point that turns a KeelError into
+    one red line and exit 1 (``runner.invoke(cli, ...)`` would skip it)."""
+    import click
+
+    @click.command(context_settings={"ignore_unknown_options": True})
+    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+    def shim(argv: tuple[str, ...]) -> None:
+        from keel.cli import main
+
+        main(list(argv))
+
+    return runner.invoke(shim, args)

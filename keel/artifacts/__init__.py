@@ -6,6 +6,6 @@ files plus a manifest object. See ``docs/artifacts.md``.
 """
 
 from keel.artifacts.models import Blob
-from keel.artifacts.store import ArtifactStore, BlobReader, hash_file
+from keel.artifacts.store import ArtifactStore, BlobReader, hash_file, walk_files
 
-__all__ = ["ArtifactStore", "Blob", "BlobReader", "hash_file"]
+__all__ = ["ArtifactStore", "Blob", "BlobReader", "hash_file", "walk_files"]

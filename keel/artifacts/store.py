@@ -43,6 +43,7 @@ __all__ = [
     "ArtifactStore",
     "BlobReader",
     "hash_file",
+    "walk_files",
 ]
 
 CHUNK_SIZE = 1 << 20
@@ -452,10 +453,9 @@ class ArtifactStore:
             raise _source_error(root, error) from error
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidInput(f"{root} is not a directory: use put_file", path=str(root))
-        files: dict[str, Path] = {}
-        _walk(root, "", frozenset({(st.st_dev, st.st_ino)}), files)
-        rels = sorted(files)
-        blobs = _map_in_threads(self.put_file, [files[rel] for rel in rels])
+        files = walk_files(root)
+        rels = list(files)  # sorted
+        blobs = _map_in_threads(self.put_file, [files[rel][0] for rel in rels])
         return self.put_bytes(encode_manifest(dict(zip(rels, blobs, strict=True))))
 
     def remove_stale_tmp(self, *, older_than: float = 24 * 3600.0) -> int:
@@ -789,19 +789,36 @@ def _copy_from(source: Path, out: BinaryIO) -> None:
 # -- directories ----------------------------------------------------------------
 
 
+def walk_files(root: Path) -> dict[str, tuple[str, os.stat_result]]:
+    """Every regular file under ``root`` by relative POSIX path, with its path and stat.
+
+    Symlinks are followed; this is the list of files :meth:`ArtifactStore.put_dir` stores.
+
+    Raises:
+        InvalidInput: a name is not UTF-8, a symlink loops, or an entry is a special file.
+        StorageError: a folder cannot be listed or an entry cannot be read.
+    """
+    found: dict[str, tuple[str, os.stat_result]] = {}
+    st = os.stat(root)
+    _walk(str(root), "", frozenset({(st.st_dev, st.st_ino)}), found)
+    return dict(sorted(found.items()))
+
+
 def _walk(
-    folder: Path, prefix: str, ancestors: frozenset[tuple[int, int]], found: dict[str, Path]
+    folder: str,
+    prefix: str,
+    ancestors: frozenset[tuple[int, int]],
+    found: dict[str, tuple[str, os.stat_result]],
 ) -> None:
-    """Collect every regular file under ``folder`` into ``found`` by relative POSIX path."""
     try:
         with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
+            entries = list(listing)
     except OSError as error:
         raise StorageError(
             f"cannot list {folder}: {error.strerror or error}", path=str(folder)
         ) from error
     for entry in entries:
-        path = Path(entry.path)
+        path = entry.path  # a str: Path objects for every file cost more than the stat
         rel = prefix + entry.name
         try:
             rel.encode("utf-8")
@@ -810,7 +827,7 @@ def _walk(
                 f"{path!r}: file names must be valid UTF-8 to be stored", path=repr(path)
             ) from None
         try:
-            st = os.stat(path)  # follows symlinks
+            st = entry.stat()  # follows symlinks
         except OSError as error:
             broken = " (a broken symlink)" if entry.is_symlink() else ""
             raise StorageError(
@@ -822,7 +839,7 @@ def _walk(
                 raise InvalidInput(f"{path} is a symlink loop", path=str(path))
             _walk(path, rel + "/", ancestors | {key}, found)
         elif stat.S_ISREG(st.st_mode):
-            found[rel] = path
+            found[rel] = (path, st)
         else:
             raise InvalidInput(
                 f"{path} is not a regular file or folder (a FIFO, socket or device): "

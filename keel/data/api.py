@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from keel.artifacts import ArtifactStore, Blob, hash_file
+from keel.artifacts import ArtifactStore, Blob, hash_file, walk_files
 from keel.artifacts.models import encode_manifest
 from keel.data.models import (
     AddResult,
@@ -43,7 +43,6 @@ from keel.data.workspace import (
     pointer_path_of,
     require_exists,
     stat_or_none,
-    walk_files,
     write_text_atomically,
 )
 from keel.errors import Conflict, InvalidInput, NotFound, StorageError

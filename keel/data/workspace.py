@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from contextlib import suppress
 from pathlib import Path
 
 from keel.data.models import POINTER_SUFFIX
-from keel.errors import InvalidInput, NotFound, StorageError
+from keel.errors import NotFound, StorageError
 
 __all__ = [
     "SKIPPED_FOLDERS",
@@ -22,7 +21,6 @@ __all__ = [
     "pointer_path_of",
     "require_exists",
     "stat_or_none",
-    "walk_files",
     "write_text_atomically",
 ]
 
@@ -38,66 +36,6 @@ def pointer_path_of(data: Path) -> Path:
 def data_path_of(pointer: Path) -> Path:
     """The data path a pointer file names: its own path without ``.keel``."""
     return pointer.with_name(pointer.name[: -len(POINTER_SUFFIX)])
-
-
-def walk_files(root: Path) -> dict[str, tuple[str, os.stat_result]]:
-    """Every regular file under ``root`` by relative POSIX path, with its path and stat.
-
-    Symlinks are followed, as the artifact store does when it stores a folder, so the same
-    files are listed that ``put_dir`` would store.
-
-    Raises:
-        InvalidInput: a name is not UTF-8, a symlink loops, or an entry is a special file.
-        StorageError: a folder cannot be listed or an entry cannot be read.
-    """
-    found: dict[str, tuple[str, os.stat_result]] = {}
-    st = os.stat(root)
-    _walk(str(root), "", frozenset({(st.st_dev, st.st_ino)}), found)
-    return dict(sorted(found.items()))
-
-
-def _walk(
-    folder: str,
-    prefix: str,
-    ancestors: frozenset[tuple[int, int]],
-    found: dict[str, tuple[str, os.stat_result]],
-) -> None:
-    try:
-        with os.scandir(folder) as listing:
-            entries = list(listing)
-    except OSError as error:
-        raise StorageError(
-            f"cannot list {folder}: {error.strerror or error}", path=str(folder)
-        ) from error
-    for entry in entries:
-        path = entry.path  # a str: Path objects for every file cost more than the stat
-        rel = prefix + entry.name
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput(
-                f"{path!r}: file names must be valid UTF-8 to be stored", path=repr(path)
-            ) from None
-        try:
-            st = entry.stat()  # follows symlinks
-        except OSError as error:
-            broken = " (a broken symlink)" if entry.is_symlink() else ""
-            raise StorageError(
-                f"cannot read {path}{broken}: {error.strerror or error}", path=str(path)
-            ) from error
-        if stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key in ancestors:
-                raise InvalidInput(f"{path} is a symlink loop", path=str(path))
-            _walk(path, rel + "/", ancestors | {key}, found)
-        elif stat.S_ISREG(st.st_mode):
-            found[rel] = (path, st)
-        else:
-            raise InvalidInput(
-                f"{path} is not a regular file or folder (a FIFO, socket or device): "
-                "it cannot be stored",
-                path=str(path),
-            )
 
 
 def find_pointers(root: Path) -> list[Path]:

@@ -12,19 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import keel
-
-
-def _run_main(runner: CliRunner, args: list[str]):  # type: ignore[no-untyped-def]
-    import click
-
-    @click.command(context_settings={"ignore_unknown_options": True})
-    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
-    def shim(argv: tuple[str, ...]) -> None:
-        from keel.cli import main
-
-        main(list(argv))
-
-    return runner.invoke(shim, args)
+from tests.conftest import run_main as _run_main
 
 
 @pytest.fixture
