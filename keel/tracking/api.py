@@ -23,12 +23,10 @@ from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
 from keel.tracking.api_artifacts import ArtifactMethods
 from keel.tracking.buffer import MetricBuffer
+from keel.tracking.client_base import MetricLogging
 from keel.tracking.inputs import (
     MAX_RESULTS,
-    batch_points,
     collect_pages,
-    metric_point,
-    metric_points,
 )
 from keel.tracking.liveness import HOST, PROCESS_SPACE, lost_runs
 from keel.tracking.models import (
@@ -53,7 +51,7 @@ DEFAULT_EXPERIMENT = "Default"
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
-class Client(ArtifactMethods):
+class Client(ArtifactMethods, MetricLogging):
     """Tracking over an explicit store: ``Client(Settings(home=...))``.
 
     Example:
@@ -85,6 +83,10 @@ class Client(ArtifactMethods):
     def flush(self) -> None:
         """Write every buffered metric point now."""
         self._buffer.flush()
+
+    @property
+    def _intake(self) -> MetricBuffer:
+        return self._buffer
 
     def close(self) -> None:
         """Flush, stop the background writer and release database connections."""
@@ -293,48 +295,6 @@ class Client(ArtifactMethods):
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self.store.delete_tag(run_id, key)
-
-    def log_metric(
-        self,
-        run_id: str,
-        key: str,
-        value: float,
-        *,
-        step: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """Buffer one metric point (no round trip; a background thread writes batches)."""
-        self._buffer.add(metric_point(run_id, key, value, step, timestamp))
-
-    def log_metrics(
-        self,
-        run_id: str,
-        metrics: Mapping[str, float],
-        *,
-        step: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """Buffer several metric points sharing one step and timestamp."""
-        self._buffer.extend(metric_points(run_id, metrics, step, timestamp))
-
-    def log_batch(
-        self,
-        run_id: str,
-        *,
-        metrics: Sequence[Metric | tuple[str, float, int, int]] = (),
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Log many metric points (any keys, any steps), params and tags in one call.
-
-        Metrics are buffered like :meth:`log_metric`; params and tags are written at once.
-        Each metric is a :class:`Metric` or a ``(key, value, step, timestamp)`` tuple.
-        """
-        if params:
-            self.log_params(run_id, params)
-        if tags:
-            self.set_tags(run_id, tags)
-        self._buffer.extend(batch_points(run_id, metrics))
 
     def get_metric_history(self, run_id: str, key: str) -> list[Metric]:
         """Every (step, timestamp, value) logged for ``key``, in step order."""

@@ -7,21 +7,20 @@ a run, list them and read them back (every read verified against the content has
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from keel.artifacts import ArtifactStore, BlobReader
 from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
-from keel.tracking.inputs import dict_bytes, figure_bytes, table_bytes
+from keel.tracking.client_base import EncodedArtifacts
 from keel.tracking.models import ArtifactEntry
 from keel.tracking.store import TrackingStore
 
 __all__ = ["ArtifactMethods"]
 
 
-class ArtifactMethods:
+class ArtifactMethods(EncodedArtifacts):
     """Run artifacts over the content-addressed store named by ``settings.artifact_url``."""
 
     settings: Settings
@@ -78,21 +77,6 @@ class ArtifactMethods:
             raise InvalidInput("artifact_file must name a file, e.g. 'notes/summary.txt'")
         self.store.record_artifact(run_id, entry)
         return entry
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> ArtifactEntry:
-        return self.log_bytes(run_id, text.encode("utf-8"), artifact_file)
-
-    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
-        """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
-        return self.log_bytes(run_id, dict_bytes(data, artifact_file), artifact_file)
-
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
-        return self.log_bytes(run_id, figure_bytes(figure, artifact_file), artifact_file)
-
-    def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a pandas DataFrame (or a dict of columns) as Parquet."""
-        return self.log_bytes(run_id, table_bytes(data, artifact_file), artifact_file)
 
     def log_stream(
         self,

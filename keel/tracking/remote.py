@@ -20,12 +20,10 @@ from urllib.parse import quote
 from keel.errors import AlreadyExists, InvalidInput, KeelError, NotFound
 from keel.settings import Settings
 from keel.tracking.api import Client
+from keel.tracking.client_base import MetricLogging
 from keel.tracking.inputs import (
     MAX_RESULTS,
-    batch_points,
     collect_pages,
-    metric_point,
-    metric_points,
 )
 from keel.tracking.liveness import HOST
 from keel.tracking.models import (
@@ -57,7 +55,7 @@ def _name(value: str) -> str:
     return quote(value, safe="/")
 
 
-class RemoteClient(RemoteArtifactMethods):
+class RemoteClient(RemoteArtifactMethods, MetricLogging):
     """Tracking over a keel server: ``RemoteClient(Settings(tracking_uri="http://host:5000"))``.
 
     Example:
@@ -112,6 +110,10 @@ class RemoteClient(RemoteArtifactMethods):
         if self._sender.pending:
             timeout = 0.0 if self._sender.failures else self.settings.remote_flush_timeout
             self._sender.flush(timeout)
+
+    @property
+    def _intake(self) -> MetricSender:
+        return self._sender
 
     def close(self) -> None:
         """Deliver what is pending (saving the rest to the outbox), stop the sender thread.
@@ -408,48 +410,6 @@ class RemoteClient(RemoteArtifactMethods):
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self._api.request("DELETE", f"/runs/{run_id}/tags/{_name(key)}")
-
-    def log_metric(
-        self,
-        run_id: str,
-        key: str,
-        value: float,
-        *,
-        step: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """Buffer one metric point (no round trip; a background thread writes batches)."""
-        self._sender.add(metric_point(run_id, key, value, step, timestamp))
-
-    def log_metrics(
-        self,
-        run_id: str,
-        metrics: Mapping[str, float],
-        *,
-        step: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        """Buffer several metric points sharing one step and timestamp."""
-        self._sender.extend(metric_points(run_id, metrics, step, timestamp))
-
-    def log_batch(
-        self,
-        run_id: str,
-        *,
-        metrics: Sequence[Metric | tuple[str, float, int, int]] = (),
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Log many metric points (any keys, any steps), params and tags in one call.
-
-        Metrics are buffered like :meth:`log_metric`; params and tags are written at once.
-        Each metric is a :class:`Metric` or a ``(key, value, step, timestamp)`` tuple.
-        """
-        if params:
-            self.log_params(run_id, params)
-        if tags:
-            self.set_tags(run_id, tags)
-        self._sender.extend(batch_points(run_id, metrics))
 
     def write_metric_points(
         self, points: Sequence[PointTuple], *, batch_id: str | None = None

@@ -8,7 +8,7 @@ in transit; every download is hashed as it arrives and compared with the digest 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,7 +16,7 @@ from urllib.parse import quote
 import blake3
 
 from keel.errors import InvalidInput, NotFound, StorageError
-from keel.tracking.inputs import dict_bytes, figure_bytes, table_bytes
+from keel.tracking.client_base import EncodedArtifacts
 from keel.tracking.models import ArtifactEntry, ArtifactList
 from keel.tracking.remote_http import HttpApi, error_from
 
@@ -47,7 +47,7 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-class RemoteArtifactMethods:
+class RemoteArtifactMethods(EncodedArtifacts):
     """Run artifacts over ``PUT``/``GET /runs/{run_id}/artifacts/{path}``."""
 
     _api: HttpApi
@@ -104,21 +104,6 @@ class RemoteArtifactMethods:
 
     def log_bytes(self, run_id: str, data: bytes, artifact_file: str) -> ArtifactEntry:
         return self._upload(run_id, _clean(artifact_file), data, blake3.blake3(data).hexdigest())
-
-    def log_text(self, run_id: str, text: str, artifact_file: str) -> ArtifactEntry:
-        return self.log_bytes(run_id, text.encode("utf-8"), artifact_file)
-
-    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> ArtifactEntry:
-        """Store ``data`` as JSON, or YAML when ``artifact_file`` ends in .yaml/.yml."""
-        return self.log_bytes(run_id, dict_bytes(data, artifact_file), artifact_file)
-
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a matplotlib figure, in the format its file extension names (png, svg, pdf)."""
-        return self.log_bytes(run_id, figure_bytes(figure, artifact_file), artifact_file)
-
-    def log_table(self, run_id: str, data: Any, artifact_file: str) -> ArtifactEntry:
-        """Store a pandas DataFrame (or a dict of columns) as Parquet."""
-        return self.log_bytes(run_id, table_bytes(data, artifact_file), artifact_file)
 
     def list_artifacts(self, run_id: str, path: str = "") -> list[ArtifactEntry]:
         """Every artifact file of the run under ``path`` (directories expanded)."""
