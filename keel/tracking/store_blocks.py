@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, or_
 
 from keel.db import schema
 from keel.tracking.models import MetricBucket
@@ -104,23 +104,18 @@ def merge_blocks(insert: Any) -> Any:
     )
 
 
-def bucket_blocks(conn: Any, run_key: int, key: str, *, buckets: int) -> list[MetricBucket]:
+def bucket_blocks(
+    conn: Any, run_key: int, key: str, *, blocks: tuple[int, int], buckets: int
+) -> list[MetricBucket]:
     """At most ``buckets`` buckets of whole blocks, aggregated in SQL from the stored rows.
 
-    The block range is shared out evenly: with B blocks and N <= B buckets, bucket i holds
-    blocks [i*B/N, (i+1)*B/N), so a long series gets exactly N buckets (fewer only where a
-    bucket's blocks hold no points). About 7,800 rows for a million points are grouped in
-    the database; the last value of a bucket is its last block's.
+    ``blocks`` is the first and last block of the series (those of its first and last step,
+    which the caller has read). The block range is shared out evenly: with B blocks and
+    N <= B buckets, bucket i holds blocks [i*B/N, (i+1)*B/N), so a long series gets exactly N
+    buckets (fewer only where a bucket's blocks hold no points). About 7,800 rows for a
+    million points are grouped in the database; a bucket's last value is its last block's.
     """
-    mb = schema.metric_blocks
-    ends = conn.execute(
-        select(func.min(mb.c.block), func.max(mb.c.block)).where(
-            mb.c.run_key == run_key, mb.c.key == key
-        )
-    ).one()
-    if ends[0] is None:
-        return []
-    first, span, wanted = int(ends[0]), int(ends[1]) - int(ends[0]) + 1, max(int(buckets), 1)
+    first, span, wanted = blocks[0], blocks[1] - blocks[0] + 1, max(buckets, 1)
     if span * wanted < 2**62:  # integers computed here, not input: safe to inline
         bucket = f"(block - {first}) * {wanted} / {span}"
     else:  # the product would overflow a bigint: equal widths, maybe fewer buckets

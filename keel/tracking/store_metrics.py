@@ -292,9 +292,10 @@ class MetricsStore(SqlStore):
             last = conn.execute(select(func.max(m.c.step)).where(in_key)).scalar()
             if first is None or last is None:
                 return []
-            if block_of(last) - block_of(first) + 1 >= buckets:
+            blocks = (block_of(first), block_of(last))
+            if blocks[1] - blocks[0] + 1 >= buckets:
                 # every bucket holds whole blocks: read the rollup, not the points
-                return bucket_blocks(conn, run_key, key, buckets=buckets)
+                return bucket_blocks(conn, run_key, key, blocks=blocks, buckets=buckets)
             width = -(-(last - first + 1) // max(buckets, 1))
             bounds = [(lo, min(lo + width - 1, last)) for lo in range(first, last + 1, width)]
             sqlite = self.engine.dialect.name == "sqlite"
