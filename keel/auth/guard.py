@@ -21,6 +21,7 @@ Each experiment or run a call touches is noted in ``targets`` for the audit log.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -42,12 +43,6 @@ from keel.tracking.models import (
 from keel.tracking.store import PointTuple
 
 __all__ = ["GuardedClient"]
-
-
-def _quoted(name: str) -> str:
-    import shlex
-
-    return shlex.quote(name)
 
 
 _GRANT_HINT = (
@@ -175,7 +170,7 @@ class GuardedClient:
             # creating it is impossible (the name is taken), so say so instead of a bare 404
             raise NotFound(
                 f"experiment {name!r} is not shared with user {self.principal.user!r}; "
-                + _GRANT_HINT.format(eid=_quoted(name), user=self.principal.user, perm="write"),
+                + _GRANT_HINT.format(eid=shlex.quote(name), user=self.principal.user, perm="write"),
                 name=name,
             )
         return self._client.get_or_create_experiment(name)

@@ -88,13 +88,16 @@ class AuthStore(SqlStore):
     def set_user_disabled(self, name: str, disabled: bool) -> User:
         """Disable a user (every token of theirs stops working at once) or enable them again."""
         with self._write() as conn:
-            done = conn.execute(
-                update(_users).where(_users.c.name == name).values(disabled=disabled)
-            )
+            created_at = conn.execute(
+                update(_users)
+                .where(_users.c.name == name)
+                .values(disabled=disabled)
+                .returning(_users.c.created_at)
+            ).scalar()
             conn.commit()
-        if not done.rowcount:
+        if created_at is None:
             raise NotFound(f"no user named {name!r}; see keel users list", name=name)
-        return next(u for u in self.list_users() if u.name == name)
+        return User(name=name, disabled=disabled, created_at=created_at)
 
     def _user_id(self, conn: Any, name: str) -> int:
         user_id = conn.execute(select(_users.c.user_id).where(_users.c.name == name)).scalar()
@@ -168,14 +171,18 @@ class AuthStore(SqlStore):
             ]
 
     def revoke_token(self, token_id: str) -> None:
+        """Revoke a token (revoking it again changes nothing)."""
         with self._write() as conn:
-            done = conn.execute(
+            exists = conn.execute(
+                select(_tokens.c.token_id).where(_tokens.c.token_id == token_id)
+            ).scalar()
+            conn.execute(
                 update(_tokens)
                 .where(_tokens.c.token_id == token_id, _tokens.c.revoked_at.is_(None))
                 .values(revoked_at=now_ms())
             )
             conn.commit()
-        if not done.rowcount and not any(t.token_id == token_id for t in self.list_tokens()):
+        if exists is None:
             raise NotFound(f"no token {token_id!r}; see keel tokens list", token_id=token_id)
 
     def authenticate(self, token: str, *, user: str | None = None) -> Principal:
