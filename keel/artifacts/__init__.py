@@ -5,7 +5,8 @@ Everything Keel keeps as bytes (run artifacts, dataset files, models) goes throu
 files plus a manifest object. See ``docs/artifacts.md``.
 """
 
+from keel.artifacts.files import hash_file, walk_files
 from keel.artifacts.models import Blob
-from keel.artifacts.store import ArtifactStore, BlobReader, hash_file, walk_files
+from keel.artifacts.store import ArtifactStore, BlobReader
 
 __all__ = ["ArtifactStore", "Blob", "BlobReader", "hash_file", "walk_files"]

@@ -29,29 +29,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import blake3
-
 from keel.artifacts.backends import FsspecBackend, LocalBackend
+from keel.artifacts.files import (
+    CHUNK_SIZE,
+    new_hasher,
+    read_chunks,
+    source_error,
+    walk_files,
+)
 from keel.artifacts.models import Blob, decode_manifest, encode_manifest
 from keel.errors import Conflict, InvalidInput, KeelError, NotFound, StorageError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = [
-    "CHUNK_SIZE",
-    "ArtifactStore",
-    "BlobReader",
-    "hash_file",
-    "walk_files",
-]
-
-CHUNK_SIZE = 1 << 20
-"""Bytes read, hashed and written per step: memory use stays flat whatever the file size."""
-
-PARALLEL_HASH_MIN_SIZE = 8 << 20
-"""From this size on, hash with all cores (measured about 25% faster per 1 MiB chunk on 2 cores;
-smaller inputs gain nothing from threads)."""
+__all__ = ["ArtifactStore", "BlobReader"]
 
 DIR_THREADS = 4
 """Files put_dir and get_dir handle at once (4 threads made put_dir with fsync about 2x faster
@@ -62,64 +54,6 @@ _R = TypeVar("_R")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _CORRUPT_ADVICE = "the object is corrupt: re-log the artifact or restore it from a backup"
 _RESTORE_ADVICE = "re-uploading the file (log the artifact again) restores it"
-
-
-def _new_hasher(size: int | None) -> Any:
-    if size is not None and size >= PARALLEL_HASH_MIN_SIZE:
-        return blake3.blake3(max_threads=blake3.blake3.AUTO)
-    return blake3.blake3()
-
-
-def _source_error(path: Path, error: OSError) -> KeelError:
-    """Translate an OSError met while reading a caller's file into a Keel error naming it."""
-    if isinstance(error, FileNotFoundError):
-        return NotFound(f"no such file: {path}", path=str(path))
-    if isinstance(error, IsADirectoryError):
-        return InvalidInput(f"{path} is a directory: use put_dir", path=str(path))
-    return StorageError(f"cannot read {path}: {error.strerror or error}", path=str(path))
-
-
-def _read_chunks(path: Path) -> Iterator[memoryview]:
-    """Yield the file's content in CHUNK_SIZE views of one reused buffer (copy to keep one)."""
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    try:
-        with open(path, "rb", buffering=0) as source:
-            while n := source.readinto(buffer):
-                yield view[:n]
-    except OSError as error:
-        raise _source_error(path, error) from error
-
-
-def hash_file(path: str | os.PathLike[str]) -> Blob:
-    """Compute a file's digest and size as the store would name it, without storing anything.
-
-    Args:
-        path: a local file.
-
-    Returns:
-        The file's :class:`Blob` (BLAKE3 hex digest and size in bytes).
-
-    Raises:
-        NotFound: the file does not exist.
-        InvalidInput: the path is a directory.
-        StorageError: the file cannot be read.
-
-    Example:
-        >>> hash_file("model.pkl").digest  # doctest: +SKIP
-        'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262'
-    """
-    source = Path(path)
-    try:
-        size = source.stat().st_size
-    except OSError as error:
-        raise _source_error(source, error) from error
-    hasher = _new_hasher(size)
-    total = 0
-    for chunk in _read_chunks(source):
-        hasher.update(chunk)
-        total += len(chunk)
-    return Blob(digest=hasher.hexdigest(), size=total)
 
 
 def _check_digest(digest: object) -> str:
@@ -154,7 +88,7 @@ class BlobReader(io.RawIOBase):
         self.size = size
         self.path = path
         self._on_corrupt = on_corrupt
-        self._hasher = _new_hasher(size)
+        self._hasher = new_hasher(size)
         self._read = 0
         self._verified = False
 
@@ -328,7 +262,7 @@ class ArtifactStore:
         except OSError as error:
             raise self._write_error(error) from error
         try:
-            hasher = _new_hasher(size_hint)
+            hasher = new_hasher(size_hint)
             size = 0
             with out:
                 for chunk in chunks:
@@ -371,7 +305,7 @@ class ArtifactStore:
         Raises:
             StorageError: the store cannot be written.
         """
-        digest = _new_hasher(len(data)).update(data).hexdigest()
+        digest = new_hasher(len(data)).update(data).hexdigest()
         if self._stored_size(self._object_path(digest)) == len(data):
             return Blob(digest=digest, size=len(data))
         return self._put_chunks([data], size_hint=len(data))
@@ -394,15 +328,15 @@ class ArtifactStore:
         try:
             size = source.stat().st_size
         except OSError as error:
-            raise _source_error(source, error) from error
+            raise source_error(source, error) from error
         if size <= CHUNK_SIZE:
             # One read, then a cheap existence check before writing anything.
             try:
                 data = source.read_bytes()
             except OSError as error:
-                raise _source_error(source, error) from error
+                raise source_error(source, error) from error
             return self.put_bytes(data)
-        return self._put_chunks(_read_chunks(source), size_hint=size)
+        return self._put_chunks(read_chunks(source), size_hint=size)
 
     def put_stream(self, stream: Any, *, size_hint: int | None = None) -> Blob:
         """Store everything read from a binary stream (``read(n)`` until it returns ``b""``).
@@ -450,7 +384,7 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFound(f"no such directory: {root}", path=str(root)) from None
         except OSError as error:
-            raise _source_error(root, error) from error
+            raise source_error(root, error) from error
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidInput(f"{root} is not a directory: use put_file", path=str(root))
         files = walk_files(root)
@@ -517,7 +451,7 @@ class ArtifactStore:
             raise self._missing(digest, path) from None
         except OSError as error:
             raise self._read_error(digest, path, error) from error
-        actual = _new_hasher(len(data)).update(data).hexdigest()
+        actual = new_hasher(len(data)).update(data).hexdigest()
         if actual != digest:
             raise self._corrupt(digest, path, f"its content hashes to {actual}", identity=identity)
         return data
@@ -787,62 +721,3 @@ def _copy_from(source: Path, out: BinaryIO) -> None:
 
 
 # -- directories ----------------------------------------------------------------
-
-
-def walk_files(root: Path) -> dict[str, tuple[str, os.stat_result]]:
-    """Every regular file under ``root`` by relative POSIX path, with its path and stat.
-
-    Symlinks are followed; this is the list of files :meth:`ArtifactStore.put_dir` stores.
-
-    Raises:
-        InvalidInput: a name is not UTF-8, a symlink loops, or an entry is a special file.
-        StorageError: a folder cannot be listed or an entry cannot be read.
-    """
-    found: dict[str, tuple[str, os.stat_result]] = {}
-    st = os.stat(root)
-    _walk(str(root), "", frozenset({(st.st_dev, st.st_ino)}), found)
-    return dict(sorted(found.items()))
-
-
-def _walk(
-    folder: str,
-    prefix: str,
-    ancestors: frozenset[tuple[int, int]],
-    found: dict[str, tuple[str, os.stat_result]],
-) -> None:
-    try:
-        with os.scandir(folder) as listing:
-            entries = list(listing)
-    except OSError as error:
-        raise StorageError(
-            f"cannot list {folder}: {error.strerror or error}", path=str(folder)
-        ) from error
-    for entry in entries:
-        path = entry.path  # a str: Path objects for every file cost more than the stat
-        rel = prefix + entry.name
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput(
-                f"{path!r}: file names must be valid UTF-8 to be stored", path=repr(path)
-            ) from None
-        try:
-            st = entry.stat()  # follows symlinks
-        except OSError as error:
-            broken = " (a broken symlink)" if entry.is_symlink() else ""
-            raise StorageError(
-                f"cannot read {path}{broken}: {error.strerror or error}", path=str(path)
-            ) from error
-        if stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key in ancestors:
-                raise InvalidInput(f"{path} is a symlink loop", path=str(path))
-            _walk(path, rel + "/", ancestors | {key}, found)
-        elif stat.S_ISREG(st.st_mode):
-            found[rel] = (path, st)
-        else:
-            raise InvalidInput(
-                f"{path} is not a regular file or folder (a FIFO, socket or device): "
-                "it cannot be stored",
-                path=str(path),
-            )
