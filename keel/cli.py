@@ -6,12 +6,13 @@ traceback; ``keel --help`` imports nothing heavy.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import Any
 
 import click
+
+from keel.lazy_cli import LazyGroup
 
 __all__ = ["cli", "main"]
 
@@ -29,34 +30,13 @@ LAZY_COMMANDS = {
     "grants": ("keel.auth.cli:grants", "Give users read or write on an experiment."),
     "audit": ("keel.auth.cli:audit", "Show who wrote what, when (admins)."),
     "data": ("keel.data.cli:data", "Version data files and folders in the content store."),
+    "remote": ("keel.data.cli_remote:remote", "Add, list and remove data remotes (push/pull)."),
 }
 
 
-class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when it is invoked."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in LAZY_COMMANDS:
-            module, _, attribute = LAZY_COMMANDS[cmd_name][0].partition(":")
-            command = getattr(importlib.import_module(module), attribute)
-            assert isinstance(command, click.Command)
-            return command
-        return super().get_command(ctx, cmd_name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, LAZY_COMMANDS[name][1]) for name in LAZY_COMMANDS]
-        for name in super().list_commands(ctx):
-            command = super().get_command(ctx, name)
-            if command is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(60)))
-        with formatter.section("Commands"):
-            formatter.write_dl(sorted(rows))
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(package_name="keel", prog_name="keel")
 def cli() -> None:
     """Keel: track experiments, version data and models, serve and monitor them.

@@ -14,13 +14,27 @@ from keel.data.api import add as add_paths
 from keel.data.api import checkout as checkout_paths
 from keel.data.api import status as status_paths
 from keel.data.models import PathStatus
+from keel.lazy_cli import LazyGroup
 
-__all__ = ["data"]
+__all__ = ["DATA_COMMANDS", "data"]
+
+#: subcommands in their own modules, imported on first use: name -> ("module:attr", summary)
+DATA_COMMANDS = {
+    "push": ("keel.data.cli_remote:push", "Send the objects tracked data needs to a remote."),
+    "pull": ("keel.data.cli_remote:pull", "Fetch missing objects from a remote and check out."),
+    "diff": ("keel.data.cli_diff:diff", "Compare two versions: files, or schema and profile."),
+    "gc": ("keel.gc_cli:gc", "Delete store objects nothing references; report bytes freed."),
+    "fsck": ("keel.data.cli_maint:fsck", "Verify every object in the store against its hash."),
+    "versions": ("keel.data.cli_versions:versions", "List the versions of a named dataset."),
+    "lineage": ("keel.data.cli_versions:lineage", "List the runs that used a dataset version."),
+    "show": ("keel.data.cli_versions:show", "Print a dataset version's schema and profile."),
+    "validate": ("keel.data.cli_validate:validate", "Check a table against a reference version."),
+}
 
 _paths_argument = click.argument("paths", nargs=-1, type=click.Path())
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=DATA_COMMANDS)
 def data() -> None:
     """Version data files and folders: pointer files in git, content in the Keel store.
 

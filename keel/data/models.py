@@ -15,11 +15,13 @@ in the content-addressed store and ignored by git::
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from keel.data.profile_models import TableProfile
 from keel.errors import InvalidInput
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "POINTER_VERSION",
     "AddResult",
     "CheckoutResult",
+    "DatasetVersion",
     "PathStatus",
     "Pointer",
     "dump_pointer",
@@ -95,6 +98,29 @@ class CheckoutResult(BaseModel):
         default_factory=list, description="files in a tracked folder the pointer does not list"
     )
     removed: list[str] = Field(default_factory=list, description="extra files deleted (--force)")
+
+
+class DatasetVersion(BaseModel):
+    """One version of a named dataset: content in the store, a profile for tables."""
+
+    name: str
+    version: int = Field(ge=1, description="1, 2, 3, ... per name")
+    digest: str = Field(description="BLAKE3 of the file, or of the folder's manifest")
+    kind: Literal["file", "directory"]
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="set for tables (a DataFrame is stored as Parquet)"
+    )
+    size: int = Field(ge=0)
+    files: int = Field(ge=0)
+    profile: TableProfile | None = None
+    source: str | None = Field(default=None, description="the path it was logged from")
+    run_id: str | None = Field(default=None, description="the run that logged it, if any")
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, as the CLI and :func:`keel.data.load` take it."""
+        return f"{self.name}@{self.version}"
 
 
 def dump_pointer(pointer: Pointer) -> str:
