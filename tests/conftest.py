@@ -24,7 +24,8 @@ PG_ADMIN_URL = os.environ.get(
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _TABLES = (
     "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts, "
-    "write_batches, users, api_tokens, experiment_grants, audit_log, metric_blocks"
+    "write_batches, users, api_tokens, experiment_grants, audit_log, metric_blocks, "
+    "datasets, dataset_versions, run_inputs"
 )
 
 

@@ -19,12 +19,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 __all__ = [
     "api_tokens",
     "artifacts",
     "audit_log",
+    "dataset_versions",
+    "datasets",
     "experiment_grants",
     "experiment_tags",
     "experiments",
@@ -33,6 +36,7 @@ __all__ = [
     "metric_blocks",
     "metrics",
     "params",
+    "run_inputs",
     "runs",
     "tags",
     "users",
@@ -258,4 +262,58 @@ audit_log = Table(
     Column("targets", Text, nullable=False),  # JSON list: ["experiment/3", "run/<id>"]
     Column("client", String(64), nullable=False),
     Index("ix_audit_log_user_name_at", "user_name", "at"),
+)
+
+
+# revision 0009: named dataset versions (keel.data.log_dataset) and the runs that read them
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("dataset_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column("version_id", BIGINT, primary_key=True, autoincrement=True),
+    Column(
+        "dataset_id",
+        Integer,
+        ForeignKey("datasets.dataset_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("version", Integer, nullable=False),  # 1, 2, 3... per dataset
+    Column("digest", String(64), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # file | directory
+    Column("format", String(16), nullable=True),  # csv | parquet | NULL
+    Column("size", BigInteger, nullable=False),
+    Column("files", BigInteger, nullable=False),
+    Column("profile", Text, nullable=True),  # TableProfile JSON, for tables
+    Column("source", Text, nullable=True),
+    Column(
+        "run_id",
+        String(32),
+        ForeignKey("runs.run_id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("dataset_id", "version"),
+)
+
+run_inputs = Table(
+    "run_inputs",
+    metadata,
+    Column("run_id", String(32), ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "version_id",
+        BigInteger,
+        ForeignKey("dataset_versions.version_id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+    Column("context", String(64), primary_key=True),  # train | eval | ...
+    Column("created_at", BigInteger, nullable=False),
 )
