@@ -686,3 +686,174 @@ def test_a_writer_killed_mid_write_leaves_no_object(tmp_path: Path) -> None:
     assert _tmp_files(store) == []
     with store.open(blob.digest) as reader:
         assert sum(len(chunk) for chunk in reader) == 500 * MiB
+
+
+# -- listing, deleting, verifying, batches ------------------------------------------------------
+
+
+def test_iter_objects_lists_every_object_and_nothing_else(store: ArtifactStore) -> None:
+    blobs = {store.put_bytes(f"object {i}".encode() * (i + 1)) for i in range(40)}
+    corrupt = store.put_bytes(b"soon corrupt")
+    _corrupt(store, corrupt.digest)
+    with pytest.raises(StorageError):
+        store.read_bytes(corrupt.digest)  # moved into quarantine/
+    if store.url.startswith("memory://"):
+        fs = fsspec.filesystem("memory")
+        root = _memory_root(store.url)
+        fs.pipe_file(f"{root}/tmp/1-busy.part", b"in progress")
+        fs.pipe_file(f"{root}/objects/ab/not-a-digest", b"stray")
+    else:
+        (Path(store.url) / "tmp" / "1-busy.part").write_bytes(b"in progress")
+        (Path(store.url) / "objects" / "ab").mkdir(exist_ok=True)
+        (Path(store.url) / "objects" / "ab" / "not-a-digest").write_bytes(b"stray")
+
+    listed = list(store.iter_objects())
+
+    assert sorted(listed, key=lambda b: b.digest) == sorted(blobs, key=lambda b: b.digest)
+    assert all(isinstance(blob, Blob) for blob in listed)
+
+
+def test_iter_objects_of_an_empty_store_is_empty(store: ArtifactStore) -> None:
+    assert list(store.iter_objects()) == []
+
+
+def test_delete_frees_the_object_and_reports_its_size(store: ArtifactStore) -> None:
+    kept = store.put_bytes(b"kept")
+    gone = store.put_bytes(b"x" * 5000)
+
+    assert store.delete(gone.digest) == 5000
+    assert store.delete(gone.digest) == 0  # already gone
+    assert not store.exists(gone.digest)
+    assert [b.digest for b in store.iter_objects()] == [kept.digest]
+    with pytest.raises(NotFound):
+        store.read_bytes(gone.digest)
+    assert store.put_bytes(b"x" * 5000) == gone  # putting it again restores it
+    with pytest.raises(InvalidInput):
+        store.delete("../../etc/passwd")
+
+
+@pytest.mark.parametrize("size", [10_000, 3 * MiB], ids=["small", "large"])
+def test_verify_checks_content_and_quarantines_a_corrupt_object(
+    store: ArtifactStore, size: int
+) -> None:
+    blob = store.put_bytes(os.urandom(size))
+    assert store.verify(blob.digest) == blob
+
+    _corrupt(store, blob.digest)
+    with pytest.raises(StorageError, match="quarantined"):
+        store.verify(blob.digest)
+    assert not store.exists(blob.digest)
+    with pytest.raises(NotFound, match="corrupt"):
+        store.verify(blob.digest)
+
+
+def test_path_of_is_the_local_object_file(store: ArtifactStore) -> None:
+    blob = store.put_bytes(b"content at a path")
+    missing = blake3.blake3(b"never stored").hexdigest()
+
+    path = store.path_of(blob.digest)
+
+    assert store.path_of(missing) is None
+    if store.url.startswith("memory://"):
+        assert path is None
+    else:
+        assert path is not None
+        assert Path(path).read_bytes() == b"content at a path"
+        assert os.path.isabs(path)
+
+
+class _FsyncSpy:
+    """Counts real os.fsync calls (they still happen) and syncfs calls at batch ends."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import keel.artifacts.backends as backends
+
+        self.fsyncs = 0
+        self.syncs = 0
+        real_fsync, real_syncfs = os.fsync, backends._syncfs
+
+        def fsync(fd: int) -> None:
+            self.fsyncs += 1
+            real_fsync(fd)
+
+        def syncfs(fd: int) -> int:
+            self.syncs += 1
+            return real_syncfs(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(backends, "_syncfs", syncfs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux-only")
+def test_batch_defers_fsyncs_to_one_flush_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    spy = _FsyncSpy(monkeypatch)
+    store.put_bytes(b"outside a batch")
+    assert spy.fsyncs == 2  # the object and its folder
+
+    with store.batch():
+        blobs = [store.put_bytes(f"inside {i}".encode()) for i in range(50)]
+        assert (spy.fsyncs, spy.syncs) == (2, 0)
+    assert spy.syncs == 1  # once, when the block ended
+
+    store.put_bytes(b"after the batch")
+    assert spy.fsyncs == 4  # per-object durability is back
+    expected = [f"inside {i}".encode() for i in range(50)]
+    assert [store.read_bytes(b.digest) for b in blobs] == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux-only")
+def test_batch_from_threads_and_nested_flushes_at_each_normal_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ArtifactStore(tmp_path / "store")
+    files = []
+    for i in range(200):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(os.urandom(100 + i))
+        files.append(path)
+    spy = _FsyncSpy(monkeypatch)
+
+    def worker(chunk: list[Path]) -> list[Blob]:
+        with store.batch():  # each thread its own (nested) batch
+            return [store.put_file(p) for p in chunk]
+
+    with store.batch(), ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(worker, [files[i::4] for i in range(4)]))
+
+    assert spy.fsyncs == 0
+    assert spy.syncs == 5  # four inner batches and the outer one
+    stored = {b.digest for chunk in results for b in chunk}
+    assert stored == {b.digest for b in store.iter_objects()}
+    assert {hash_file(p).digest for p in files} == stored
+
+
+def test_a_batch_that_raises_flushes_nothing_but_keeps_its_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    spy = _FsyncSpy(monkeypatch)
+
+    with pytest.raises(RuntimeError, match="caller failed"), store.batch():
+        blob = store.put_bytes(b"written before the failure")
+        raise RuntimeError("caller failed")
+
+    assert spy.syncs == 0
+    assert store.read_bytes(blob.digest) == b"written before the failure"
+    store.put_bytes(b"next write")
+    assert spy.fsyncs == 2  # the batch is over despite the error
+
+
+def test_batch_on_an_fsspec_store_just_writes(tmp_path: Path) -> None:
+    url = f"memory://keel-test-{uuid.uuid4().hex}"
+    store = ArtifactStore(url)
+    try:
+        with store.batch() as same:
+            blob = same.put_bytes(b"memory")
+        assert store.read_bytes(blob.digest) == b"memory"
+    finally:
+        fsspec.filesystem("memory").rm(_memory_root(url), recursive=True)
