@@ -180,7 +180,7 @@ class ArtifactStore:
         try:
             tmp, out = backend.open_temp()
         except OSError as error:
-            raise self.write_error(error) from error
+            raise self._write_error(error) from error
         try:
             hasher = new_hasher(size_hint)
             size = 0
@@ -201,13 +201,13 @@ class ArtifactStore:
                 backend.commit(tmp, final)
         except OSError as error:
             backend.discard(tmp)
-            raise self.write_error(error) from error
+            raise self._write_error(error) from error
         except BaseException:
             backend.discard(tmp)
             raise
         return Blob(digest=digest, size=size)
 
-    def write_error(self, error: OSError) -> StorageError:
+    def _write_error(self, error: OSError) -> StorageError:
         return StorageError(
             f"cannot write to the artifact store {self.url}: {error.strerror or error}",
             url=self.url,
