@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "CategoryCount",
     "ColumnDiff",
+    "ColumnKind",
     "ColumnProfile",
     "HistogramBin",
     "ProfileDiff",
@@ -60,8 +61,24 @@ class ColumnProfile(BaseModel):
     quantiles: dict[str, float] = Field(
         default_factory=dict, description='"0.01", "0.05", "0.25", "0.5", "0.75", "0.95", "0.99"'
     )
+    percentiles: list[float] = Field(
+        default_factory=list,
+        description="101 values: the 0th, 1st, ... 100th percentile (numeric and datetime "
+        "columns); the KS estimate of a diff reads them",
+    )
     histogram: list[HistogramBin] = Field(default_factory=list)
     top: list[CategoryCount] = Field(default_factory=list, description="most frequent values")
+    top_exact: bool = Field(
+        default=True, description="False when top counts come from a frequent-items sketch"
+    )
+    note: str | None = Field(
+        default=None, description="why the column was read with another type than inferred"
+    )
+
+    @property
+    def null_fraction(self) -> float:
+        """Nulls over rows (0.0 for an empty column)."""
+        return self.nulls / self.count if self.count else 0.0
 
 
 class TableProfile(BaseModel):

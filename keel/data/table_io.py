@@ -1,0 +1,272 @@
+"""Read a table as a stream of Arrow record batches: a CSV file, a Parquet file or a DataFrame.
+
+Profiling and validation both make one pass over :func:`scan_table`'s batches, so memory stays
+bounded by the batch size whatever the table's size. CSV column types are inferred by pyarrow
+from the first block; a later value that does not fit (``abc`` in a column of integers) makes
+the scan start again with that column widened (integer -> double -> string), and the widening
+is reported so the caller can say so. Malformed input raises :class:`~keel.errors.InvalidInput`
+naming the file and the line or reason.
+
+pyarrow and pandas are imported inside the functions: ``keel --help`` may import this module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from keel.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["CSV_BLOCK_BYTES", "FRAME_SLICE_ROWS", "TableFormat", "TableScan", "scan_table"]
+
+TableFormat = Literal["csv", "parquet", "dataframe"]
+
+#: bytes of CSV text parsed per batch (pyarrow infers column types from the first block)
+CSV_BLOCK_BYTES = 8 << 20
+#: rows of a Parquet file or a DataFrame per batch
+FRAME_SLICE_ROWS = 65_536
+_CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".csv.bz2", ".csv.zst")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+_CONVERSION = re.compile(
+    r"In CSV column #(\d+): CSV conversion error to (\S+): invalid value '(.*)'"
+)
+
+V = TypeVar("V")
+
+
+@dataclass
+class TableScan:
+    """What a scan read: the format, the source's name, and columns it had to widen."""
+
+    format: TableFormat
+    source: str
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def scan_table(
+    source: Any,
+    visitor_factory: Callable[[pa.Schema], V],
+    visit: Callable[[V, pa.RecordBatch], None],
+    *,
+    format: str | None = None,
+) -> tuple[V, TableScan]:
+    """Feed every record batch of ``source`` to a visitor, in one pass (restarted on widening).
+
+    Args:
+        source: a CSV or Parquet path, or a pandas DataFrame.
+        visitor_factory: makes a fresh visitor from the table's Arrow schema (again when a CSV
+            column is widened and the scan starts over).
+        visit: called with the visitor and each batch, in order.
+        format: ``csv``, ``parquet`` or ``dataframe``; by default from the suffix, then the
+            file's first bytes.
+
+    Returns:
+        The visitor after the last batch, and what the scan read.
+
+    Raises:
+        NotFound-like InvalidInput: the file does not exist, the format is unknown, the file
+            is not valid CSV/Parquet (the message names the file and the line or reason).
+
+    Example:
+        >>> rows, scan = scan_table("train.csv", lambda schema: [0],
+        ...                         lambda acc, batch: acc.__setitem__(0, acc[0] + len(batch)))
+    """
+    kind = detect_format(source, format)
+    if kind == "dataframe":
+        scan = TableScan(format="dataframe", source="DataFrame")
+        schema, batches = _frame_batches(source, scan)
+        visitor = visitor_factory(schema)
+        for batch in batches:
+            visit(visitor, batch)
+        return visitor, scan
+    path = Path(os.fspath(source))
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist or is not a file", path=str(path))
+    if kind == "parquet":
+        scan = TableScan(format="parquet", source=str(path))
+        schema, batches = _parquet_batches(path)
+        visitor = visitor_factory(schema)
+        for batch in batches:
+            visit(visitor, batch)
+        return visitor, scan
+    return _scan_csv(path, visitor_factory, visit)
+
+
+def detect_format(source: Any, format: str | None = None) -> TableFormat:
+    """``csv``, ``parquet`` or ``dataframe`` for a source, by ``format``, suffix or magic bytes.
+
+    Raises:
+        InvalidInput: an unknown format name, or a file whose format cannot be told.
+    """
+    if format is not None:
+        if format not in ("csv", "parquet", "dataframe"):
+            raise InvalidInput(
+                f"unknown table format {format!r}: use csv, parquet or dataframe", format=format
+            )
+        return format  # type: ignore[return-value]
+    if not isinstance(source, (str, os.PathLike)):
+        if type(source).__name__ == "DataFrame" and hasattr(source, "columns"):
+            return "dataframe"
+        raise InvalidInput(
+            f"cannot profile a {type(source).__name__}: pass a CSV or Parquet path or a "
+            "pandas DataFrame"
+        )
+    name = os.fspath(source).lower()
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(_CSV_SUFFIXES):
+        return "csv"
+    try:
+        with open(source, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic == b"PAR1":
+        return "parquet"
+    raise InvalidInput(
+        f"cannot tell the table format of {os.fspath(source)}: name it .csv or .parquet, or "
+        "pass format='csv' / --format csv",
+        path=os.fspath(source),
+    )
+
+
+def _frame_batches(frame: Any, scan: TableScan) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The DataFrame's Arrow schema (inferred over whole columns) and its slices as batches.
+
+    A column pyarrow cannot convert (mixed Python objects) is read as strings, with a note.
+    """
+    import pyarrow as pa
+
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    fields = []
+    for name in frame.columns:
+        try:
+            fields.append(pa.Schema.from_pandas(frame[[name]], preserve_index=False).field(name))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            column = frame[name]
+            frame[name] = column.where(column.isna(), column.astype(str))
+            fields.append(pa.field(name, pa.string()))
+            scan.notes[name] = f"mixed Python types, read as string ({_first_line(error)})"
+    schema = pa.schema(fields)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(frame), FRAME_SLICE_ROWS):
+            part = frame.iloc[start : start + FRAME_SLICE_ROWS]
+            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+            yield from table.to_batches()
+
+    return schema, batches()
+
+
+def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise InvalidInput(
+            f"{path} is not a valid Parquet file: {_first_line(error)}", path=str(path)
+        ) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from parquet.iter_batches(batch_size=FRAME_SLICE_ROWS)
+        except (pa.ArrowException, OSError) as error:
+            raise InvalidInput(
+                f"{path} is not a valid Parquet file: {_first_line(error)}", path=str(path)
+            ) from None
+        finally:
+            parquet.close()
+
+    return parquet.schema_arrow, batches()
+
+
+def _scan_csv(
+    path: Path,
+    visitor_factory: Callable[[pa.Schema], V],
+    visit: Callable[[V, pa.RecordBatch], None],
+) -> tuple[V, TableScan]:
+    """Scan a CSV, starting over with a column widened each time a value does not fit it."""
+    import pyarrow as pa
+    import pyarrow.csv as csv
+
+    forced: dict[str, pa.DataType] = {}
+    scan = TableScan(format="csv", source=str(path))
+    if path.stat().st_size == 0:
+        return visitor_factory(pa.schema([])), scan
+    names: list[str] = []
+    while True:
+        rows = 0
+        try:
+            reader = csv.open_csv(
+                path,
+                read_options=csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=csv.ConvertOptions(column_types=forced),
+            )
+            names = reader.schema.names
+            visitor = visitor_factory(reader.schema)
+            for batch in reader:
+                visit(visitor, batch)
+                rows += batch.num_rows
+            return visitor, scan
+        except pa.ArrowInvalid as error:
+            message = _first_line(error)
+            match = _CONVERSION.search(message)
+            if match is None or not names:
+                raise _csv_error(path, message, rows) from None
+            column = names[int(match.group(1))]
+            wider = _wider(match.group(2))
+            if forced.get(column) == wider:
+                raise _csv_error(path, message, rows) from None
+            forced[column] = wider
+            scan.notes[column] = (
+                f"inferred {match.group(2)} from the first rows, but a later value "
+                f"{match.group(3)!r} is not; read as {wider}"
+            )
+
+
+def _wider(type_name: str) -> pa.DataType:
+    """The type to read a CSV column as when a value does not fit ``type_name``."""
+    import pyarrow as pa
+
+    if type_name in ("null", "int64", "bool", "boolean"):
+        # a column of nulls or integers may be a column of numbers; the next failure widens it
+        # again to string
+        return pa.float64() if type_name != "bool" else pa.string()
+    return pa.string()
+
+
+def _csv_error(path: Path, message: str, rows_before: int) -> InvalidInput:
+    """An InvalidInput naming the CSV file and, when it can be found, the bad line."""
+    reason = message.removeprefix("CSV parse error: ")
+    bad_row = reason.rsplit(": ", 1)[1] if ": " in reason else None
+    line = _find_line(path, bad_row, rows_before + 1) if bad_row else None
+    where = f" at line {line}" if line else ""
+    return InvalidInput(
+        f"{path} is not valid CSV{where}: {reason}", path=str(path), line=line, reason=reason
+    )
+
+
+def _find_line(path: Path, text: str, skip: int) -> int | None:
+    """The 1-based line number of the first line equal to ``text`` after ``skip`` lines."""
+    if path.suffix in (".gz", ".bz2", ".zst"):
+        return None
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            if number > skip and line.rstrip("\r\n") == text:
+                return number
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
