@@ -14,6 +14,7 @@ from keel.data.api import add as add_paths
 from keel.data.api import checkout as checkout_paths
 from keel.data.api import status as status_paths
 from keel.data.models import PathStatus
+from keel.errors import InvalidInput
 from keel.lazy_cli import LazyGroup
 
 __all__ = ["DATA_COMMANDS", "data"]
@@ -47,17 +48,36 @@ def data() -> None:
 
 @data.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def add(paths: tuple[str, ...]) -> None:
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="Also record the content as the next version of dataset NAME (one PATH); the "
+    "pointer gets the name and version.",
+)
+def add(paths: tuple[str, ...], name: str | None) -> None:
     """Store files or folders and write a pointer PATH.keel beside each.
 
     The content goes into the Keel store, PATH.keel (commit it to git) names it by its BLAKE3
     hash, and /PATH is added to the .gitignore beside PATH. Adding unchanged data again does
-    nothing and reads nothing.
+    nothing and reads nothing. With --name, the content also becomes a version of a named
+    dataset (the same as an unchanged latest version), profiled if a CSV or Parquet file.
 
     \b
     Example:
       keel data add data/train.csv images/
+      keel data add data/train.csv --name diabetes
     """
+    if name is not None and len(paths) != 1:
+        raise InvalidInput(
+            f"--name names one dataset: give one PATH, not {len(paths)} (add a folder to "
+            "version several files together)"
+        )
+    if name is not None:
+        if "@" in name:
+            raise InvalidInput(f"--name takes a dataset name without @VERSION, not {name!r}")
+        from keel.data.versions import parse_ref
+
+        parse_ref(name)  # a bad name fails before anything is stored
     results = add_paths(list(paths))
     for result in results:
         p = result.pointer
@@ -66,6 +86,14 @@ def add(paths: tuple[str, ...]) -> None:
             click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
         else:
             click.echo(f"{result.path} is unchanged ({what}); {result.pointer_path} kept")
+    if name is not None:
+        from keel.data.versions import log_pointer
+
+        before = results[0].pointer
+        version = log_pointer(paths[0], name)
+        click.echo(f"Recorded {results[0].path} as dataset version {version.ref}")
+        if (before.name, before.version) != (name, str(version.version)):
+            results[0] = results[0].model_copy(update={"changed": True})
     to_commit = [r.pointer_path for r in results if r.changed]
     for result in results:
         gitignore = (PurePosixPath(result.path).parent / ".gitignore").as_posix()

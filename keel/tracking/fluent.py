@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from keel.data.versions import log_input as record_input
+from keel.data.versions import register_run_finder
 from keel.errors import InvalidInput, KeelError
 from keel.settings import Settings, environment_key
 from keel.tracking.api import DEFAULT_EXPERIMENT, Client, flush_all_clients
@@ -28,6 +30,8 @@ from keel.tracking.remote import TrackingClient, connect
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from keel.data.models import DatasetVersion
 
 __all__ = [
     "ActiveRun",
@@ -41,6 +45,7 @@ __all__ = [
     "log_artifacts",
     "log_dict",
     "log_figure",
+    "log_input",
     "log_metric",
     "log_metrics",
     "log_param",
@@ -300,6 +305,44 @@ def log_figure(figure: Any, artifact_file: str) -> ArtifactEntry:
 def log_table(data: Any, artifact_file: str) -> ArtifactEntry:
     active = _run()
     return active.client.log_table(active.run_id, data, artifact_file)
+
+
+def log_input(version: DatasetVersion | str, context: str = "train") -> DatasetVersion:
+    """Record that the active run uses a dataset version (``keel data lineage`` lists it).
+
+    :func:`keel.data.load` records it by itself inside a run; call this for data read another
+    way. Recording the same version and context again does nothing.
+
+    Args:
+        version: a :class:`~keel.data.models.DatasetVersion`, or ``"name@3"`` / ``"name"``
+            (the latest).
+        context: how the run uses it, e.g. ``"train"`` or ``"eval"``.
+
+    Returns:
+        The version recorded.
+
+    Raises:
+        NotFound: no such dataset or version.
+        KeelError: the run is on a tracking server (dataset versions are not served over
+            HTTP yet).
+
+    Example:
+        >>> with keel.start_run():
+        ...     keel.log_input("diabetes@2", context="eval")
+    """
+    active = _run()
+    return record_input(active.run_id, version, context=context, settings=active.client.settings)
+
+
+def _run_for_data() -> tuple[str, Settings] | None:
+    """The active run for keel.data (``load`` records inputs, ``log_dataset`` the producer)."""
+    stack = _runs.get()
+    if not stack:
+        return None
+    return stack[-1].run_id, stack[-1].client.settings
+
+
+register_run_finder(_run_for_data)
 
 
 def _client_for_reads() -> TrackingClient:
