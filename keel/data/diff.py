@@ -17,13 +17,13 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from keel.artifacts import ArtifactStore, Blob
+from keel.data.git import commit_of, read_committed, toplevel
 from keel.data.models import POINTER_SUFFIX, DatasetVersion, Pointer, parse_pointer
 from keel.data.profile_models import ProfileDiff
 from keel.errors import InvalidInput, KeelError, NotFound, StorageError
@@ -253,8 +253,9 @@ def _from_pointer(
 def _git_version(spec: str, revision: str, path: str) -> DataVersion:
     if not revision or not path:
         raise InvalidInput(f"{spec}: expected REV:PATH, e.g. HEAD~1:data/images")
-    top = Path(_git(["rev-parse", "--show-toplevel"], what="find the git repository").strip())
-    commit = _commit_of(revision)
+    commit = commit_of(revision)
+    top = toplevel()
+    assert top is not None  # commit_of checked it
     pointer_file = _pointer_name(path)
     absolute = Path(os.path.realpath(os.path.abspath(pointer_file)))
     try:
@@ -263,8 +264,8 @@ def _git_version(spec: str, revision: str, path: str) -> DataVersion:
         raise InvalidInput(
             f"{path} is outside the git repository {top}", path=path, repository=str(top)
         ) from None
-    completed = _run_git(["cat-file", "blob", f"{commit}:{rel}"])
-    if completed.returncode != 0:
+    content = read_committed(commit, rel)
+    if content is None:
         raise NotFound(
             f"there is no pointer {rel} in {revision} (commit {commit[:12]}): was the data "
             "added (keel data add) and the pointer committed there?",
@@ -272,43 +273,11 @@ def _git_version(spec: str, revision: str, path: str) -> DataVersion:
             path=rel,
         )
     try:
-        text = completed.stdout.decode("utf-8")
+        text = content.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"{rel} in {revision} is not a valid Keel pointer: not UTF-8") from None
     pointer = parse_pointer(text, source=f"{rel} in {revision}")
     return _from_pointer(spec, "git", _data_name(path.rstrip("/\\")), pointer, commit)
-
-
-def _commit_of(revision: str) -> str:
-    completed = _run_git(
-        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"]
-    )
-    if completed.returncode != 0:
-        raise NotFound(
-            f"unknown git revision {revision!r} (a branch, tag, commit or HEAD~N)",
-            revision=revision,
-        )
-    return completed.stdout.decode().strip()
-
-
-def _git(args: list[str], *, what: str) -> str:
-    completed = _run_git(args)
-    if completed.returncode != 0:
-        message = completed.stderr.decode(errors="replace").strip()
-        if "not a git repository" in message:
-            raise InvalidInput(
-                f"{Path.cwd()} is not in a git repository: REV:PATH reads pointers committed "
-                "to git (compare working pointers by their paths instead)"
-            )
-        raise StorageError(f"git could not {what}: {message}")
-    return completed.stdout.decode()
-
-
-def _run_git(args: list[str]) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, check=False)
-    except FileNotFoundError:
-        raise StorageError("git is not installed (or not on PATH): REV:PATH needs it") from None
 
 
 def _dataset_version(spec: str, settings: Settings) -> DataVersion:

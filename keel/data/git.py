@@ -1,0 +1,191 @@
+"""Reading pointer files from git: the repository's root, one pointer as committed in a
+revision (``keel data diff HEAD~1:images``), and every pointer in every commit (``keel data gc
+--all-commits``).
+
+Everything goes through the ``git`` command (no library), with content read by one long-lived
+``git cat-file --batch`` process, so a history of many commits costs one process, not one per
+commit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from keel.data.models import POINTER_SUFFIX
+from keel.errors import InvalidInput, NotFound, StorageError
+
+__all__ = [
+    "CommittedPointer",
+    "commit_of",
+    "committed_pointers",
+    "read_committed",
+    "run_git",
+    "toplevel",
+]
+
+
+class CommittedPointer(NamedTuple):
+    """The content of a pointer file as some commit holds it (one commit and path that hold it,
+    to name in messages)."""
+
+    commit: str
+    path: str
+    content: bytes
+
+
+def run_git(args: list[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``git ARGS`` with its output captured; it may fail (check ``returncode``).
+
+    Raises:
+        StorageError: git is not installed.
+    """
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise StorageError("git is not installed (or not on PATH)") from None
+
+
+def toplevel(cwd: Path | None = None) -> Path | None:
+    """The root of the git working tree holding ``cwd`` (default: the current folder), or None
+    outside a git repository (or without git)."""
+    try:
+        completed = run_git(["rev-parse", "--show-toplevel"], cwd=cwd)
+    except StorageError:
+        return None
+    if completed.returncode != 0:
+        return None
+    return Path(os.fsdecode(completed.stdout.rstrip(b"\n")))
+
+
+def commit_of(revision: str) -> str:
+    """The commit a revision (branch, tag, ``HEAD~2``, hash) names, as a full hash.
+
+    Raises:
+        InvalidInput: the current folder is not in a git repository.
+        NotFound: no such revision.
+    """
+    if toplevel() is None:
+        raise InvalidInput(
+            f"{Path.cwd()} is not in a git repository: REV:PATH reads pointers committed to git "
+            "(compare working pointers by their paths instead)"
+        )
+    completed = run_git(
+        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"]
+    )
+    if completed.returncode != 0:
+        raise NotFound(
+            f"unknown git revision {revision!r} (a branch, tag, commit or HEAD~N)",
+            revision=revision,
+        )
+    return completed.stdout.decode().strip()
+
+
+def read_committed(commit: str, path: str) -> bytes | None:
+    """The content of the file at ``path`` (relative to the repository root, POSIX) in
+    ``commit``, or None if there is no file there."""
+    completed = run_git(["cat-file", "blob", f"{commit}:{path}"])
+    return completed.stdout if completed.returncode == 0 else None
+
+
+def committed_pointers(repo: Path) -> Iterator[CommittedPointer]:
+    """Every distinct pointer file (``*.keel``) content in every commit reachable from any
+    branch, tag or other ref.
+
+    Each commit's tree is walked through ``git cat-file --batch``, reading each distinct tree
+    once: a new commit usually shares all but a few trees with its parent, so the cost grows
+    with what changed, not with commits times files.
+
+    Args:
+        repo: any folder of the working tree.
+
+    Yields:
+        One :class:`CommittedPointer` per distinct pointer content.
+
+    Raises:
+        StorageError: git fails.
+    """
+    listing = run_git(["log", "--all", "--format=%H %T"], cwd=repo)
+    if listing.returncode != 0:
+        message = listing.stderr.decode(errors="replace").strip()
+        if b"does not have any commits" in listing.stderr or not message:
+            return
+        raise StorageError(f"git could not list the commits of {repo}: {message}")
+    roots: dict[bytes, bytes] = {}  # tree -> a commit that has it
+    for line in listing.stdout.splitlines():
+        commit, tree = line.split()
+        roots.setdefault(tree, commit)
+    format_ = run_git(["rev-parse", "--show-object-format"], cwd=repo)
+    oid_size = 32 if format_.stdout.strip() == b"sha256" else 20
+    with _CatFile(repo) as cat:
+        trees_seen: set[bytes] = set()
+        pointers: dict[bytes, tuple[bytes, str]] = {}  # blob -> (commit, path)
+        for root, commit in roots.items():
+            stack = [(root, "")]
+            while stack:
+                tree, prefix = stack.pop()
+                if tree in trees_seen:
+                    continue
+                trees_seen.add(tree)
+                for mode, name, oid in _tree_entries(cat.read(tree), oid_size):
+                    path = prefix + name
+                    if mode == b"40000":
+                        stack.append((oid.hex().encode(), path + "/"))
+                    elif mode.startswith(b"100") and name.endswith(POINTER_SUFFIX):
+                        pointers.setdefault(oid.hex().encode(), (commit, path))
+        for blob, (commit, path) in pointers.items():
+            yield CommittedPointer(commit.decode(), path, cat.read(blob))
+
+
+def _tree_entries(data: bytes, oid_size: int) -> Iterator[tuple[bytes, str, bytes]]:
+    """(mode, name, binary oid) of each entry of a raw tree object."""
+    at = 0
+    while at < len(data):
+        space = data.index(b" ", at)
+        nul = data.index(b"\0", space)
+        yield data[at:space], os.fsdecode(data[space + 1 : nul]), data[nul + 1 : nul + 1 + oid_size]
+        at = nul + 1 + oid_size
+
+
+class _CatFile:
+    """One ``git cat-file --batch`` process: write an object name, read its content."""
+
+    def __init__(self, repo: Path) -> None:
+        try:
+            self._process = subprocess.Popen(
+                ["git", "cat-file", "--batch"],
+                cwd=repo,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise StorageError("git is not installed (or not on PATH)") from None
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._in: IO[bytes] = self._process.stdin
+        self._out: IO[bytes] = self._process.stdout
+
+    def __enter__(self) -> _CatFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._in.close()
+        self._process.wait()
+        self._out.close()
+
+    def read(self, oid: bytes) -> bytes:
+        self._in.write(oid + b"\n")
+        self._in.flush()
+        header = self._out.readline()
+        parts = header.split()
+        if len(parts) != 3:
+            raise StorageError(
+                f"git cat-file could not read object {oid.decode()}: {header.decode().strip()}"
+            )
+        size = int(parts[2])
+        data = self._out.read(size)
+        self._out.read(1)  # the newline after the content
+        return data
