@@ -116,6 +116,16 @@ class LocalBackend:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
         return tmp, open(fd, "wb")
 
+    def open_temp_fd(self) -> tuple[str, int]:
+        """A new temp file as a raw descriptor open for reading and writing (kernel copies)."""
+        self._makedirs(self.tmp_dir)
+        tmp = os.path.join(self.tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
+
+    def finish_temp_fd(self, fd: int) -> None:
+        if self._sync_each:
+            os.fsync(fd)
+
     def finish_temp(self, out: Any) -> None:
         if self._sync_each:
             out.flush()

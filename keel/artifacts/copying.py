@@ -8,20 +8,33 @@ where the filesystem shares blocks, ``copy_file_range`` otherwise) instead of Py
 
 from __future__ import annotations
 
+import mmap
 import os
+import queue
 import secrets
 import shutil
 import stat
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from keel.artifacts.files import CHUNK_SIZE
 from keel.errors import Conflict, KeelError, StorageError
 
-__all__ = ["DIR_THREADS", "copy_from", "local_conflict", "map_in_threads", "write_atomically"]
+__all__ = [
+    "DIR_THREADS",
+    "KERNEL_COPY_STEP",
+    "copy_and_hash",
+    "copy_from",
+    "local_conflict",
+    "map_in_threads",
+    "reflink",
+    "write_atomically",
+]
 
 DIR_THREADS = 4
 """Files put_dir and get_dir handle at once (4 threads made put_dir with fsync about 2x faster
@@ -47,11 +60,14 @@ def map_in_threads(function: Callable[[_T], _R], items: list[_T]) -> list[_R]:
 
 
 def write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
-    """Write ``target`` through a temp file beside it, renamed over it only if ``fill`` ends."""
+    """Write ``target`` through a temp file beside it, renamed over it only if ``fill`` ends.
+
+    The temp file is open for reading too, so ``fill`` may hash what it wrote (mmap).
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.keel-tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(tmp, flags, 0o666)
     except OSError as error:
         raise _write_error(target, error) from error
@@ -117,3 +133,101 @@ def _conflict(target: Path, found: Path, what: str) -> Conflict:
 def copy_from(source: Path, out: BinaryIO) -> None:
     with open(source, "rb") as copied:
         shutil.copyfileobj(copied, out, CHUNK_SIZE)
+
+
+# -- kernel copies ------------------------------------------------------------------------------
+
+KERNEL_COPY_STEP = 64 << 20
+"""Bytes copied per copy_file_range step; each step is hashed while the next one copies."""
+
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): share the blocks (btrfs, XFS, bcachefs...)
+
+
+def reflink(src_fd: int, dst_fd: int) -> bool:
+    """Make ``dst`` share ``src``'s blocks (copy on write); False where the filesystem cannot.
+
+    ext4 cannot; btrfs, XFS (reflink=1), bcachefs and APFS-like filesystems on Linux can.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+    except OSError:
+        return False
+    return True
+
+
+def copy_and_hash(src_fd: int, dst_fd: int, hasher: Any) -> int | None:
+    """Copy all of ``src`` into the empty file ``dst`` in the kernel, hashing what ``dst`` holds.
+
+    A reflink where the filesystem supports one, else ``copy_file_range`` in
+    :data:`KERNEL_COPY_STEP` steps on a helper thread while this thread hashes each step
+    already copied (through ``mmap``, so no byte passes through Python). The hash is of the
+    copy, never of ``src``: whatever happens to ``src`` meanwhile, the digest names exactly
+    the bytes in ``dst``. ``dst`` must be open for reading and writing.
+
+    Returns:
+        The bytes copied, or None if the kernel cannot copy between these files (another OS,
+        an old kernel, a filesystem without copy_file_range): ``dst`` is then left empty.
+    """
+    if reflink(src_fd, dst_fd):
+        size = os.fstat(dst_fd).st_size
+        _hash_range(dst_fd, 0, size, hasher)
+        return size
+    if not hasattr(os, "copy_file_range"):
+        return None
+    try:
+        first = os.copy_file_range(src_fd, dst_fd, KERNEL_COPY_STEP, 0, 0)
+    except OSError:
+        os.ftruncate(dst_fd, 0)
+        return None
+    done: queue.Queue[int | BaseException] = queue.Queue()
+
+    def copy_rest() -> None:
+        offset = first
+        try:
+            while n := os.copy_file_range(src_fd, dst_fd, KERNEL_COPY_STEP, offset, offset):
+                offset += n
+                done.put(offset)
+        except BaseException as error:
+            done.put(error)
+        done.put(-1)
+
+    copier = threading.Thread(target=copy_rest, name="keel-copy", daemon=True)
+    if first:
+        copier.start()
+    hashed, failure = 0, None
+    end = first
+    while True:
+        if end > hashed:
+            _hash_range(dst_fd, hashed, end, hasher)
+            hashed = end
+        if not first:
+            break
+        item = done.get()
+        if isinstance(item, BaseException):
+            failure = item
+        elif item < 0:
+            break
+        else:
+            end = item
+    if first:
+        copier.join()
+    if failure is not None:
+        raise failure
+    return hashed
+
+
+def _hash_range(fd: int, start: int, end: int, hasher: Any) -> None:
+    """Feed bytes ``start:end`` of the file to ``hasher`` through a read-only mmap."""
+    if end <= start:
+        return
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    with (
+        mmap.mmap(fd, end - aligned, offset=aligned, access=mmap.ACCESS_READ) as mapped,
+        memoryview(mapped) as whole,
+        whole[start - aligned :] as part,
+    ):
+        hasher.update(part)

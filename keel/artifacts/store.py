@@ -21,14 +21,15 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from keel.artifacts.backends import FsspecBackend, LocalBackend
 from keel.artifacts.copying import (
+    copy_and_hash,
     copy_from,
     local_conflict,
     map_in_threads,
@@ -48,7 +49,11 @@ from keel.errors import InvalidInput, NotFound, StorageError
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["ArtifactStore", "BlobReader"]
+__all__ = ["KERNEL_COPY_MIN_SIZE", "ArtifactStore", "BlobReader"]
+
+KERNEL_COPY_MIN_SIZE = 8 << 20
+"""From this size on, put_file into a local store copies in the kernel while hashing the copy
+(1 GiB here: 1.0 s instead of 1.6 s through Python buffers); smaller files gain nothing."""
 
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _RESTORE_ADVICE = "re-uploading the file (log the artifact again) restores it"
@@ -226,12 +231,36 @@ class ArtifactStore:
             StorageError: the store cannot be written.
         """
         digest = new_hasher(len(data)).update(data).hexdigest()
-        if self._stored_size(self._object_path(digest)) == len(data):
-            return Blob(digest=digest, size=len(data))
-        return self._put_chunks([data], size_hint=len(data))
+        final = self._object_path(digest)
+        if self._stored_size(final) != len(data):
+            self._write_new(data, final)
+        return Blob.model_construct(digest=digest, size=len(data))  # a digest we just made
+
+    def _write_new(self, data: bytes, final: str) -> None:
+        """Write bytes already hashed to ``final`` through a temp file."""
+        backend = self._backend
+        try:
+            tmp, out = backend.open_temp()
+        except OSError as error:
+            raise self._write_error(error) from error
+        try:
+            with out:
+                out.write(data)
+                backend.finish_temp(out)
+            backend.commit(tmp, final)
+        except BaseException as error:
+            backend.discard(tmp)
+            if isinstance(error, OSError):
+                raise self._write_error(error) from error
+            raise
 
     def put_file(self, path: str | os.PathLike[str]) -> Blob:
-        """Store a local file, streaming it in 1 MiB chunks (any size fits in flat memory).
+        """Store a local file without holding it in memory.
+
+        A small file is read once and hashed before anything is written. A large one going
+        into a local store is copied by the kernel (a reflink where the filesystem shares
+        blocks, ``copy_file_range`` otherwise) while the copy is hashed, so its bytes never
+        pass through Python; elsewhere it streams in 1 MiB chunks.
 
         Args:
             path: the file; a symlink is followed.
@@ -256,7 +285,54 @@ class ArtifactStore:
             except OSError as error:
                 raise source_error(source, error) from error
             return self.put_bytes(data)
+        if isinstance(self._backend, LocalBackend) and size >= KERNEL_COPY_MIN_SIZE:
+            blob = self._put_kernel_copy(source, size)
+            if blob is not None:
+                return blob
         return self._put_chunks(read_chunks(source), size_hint=size)
+
+    def _put_kernel_copy(self, source: Path, size: int) -> Blob | None:
+        """put_file through a kernel copy into a local store; None where the kernel cannot."""
+        backend = self._backend
+        assert isinstance(backend, LocalBackend)
+        try:
+            src = os.open(source, os.O_RDONLY)
+        except OSError as error:
+            raise source_error(source, error) from error
+        try:
+            try:
+                tmp, fd = backend.open_temp_fd()
+            except OSError as error:
+                raise self._write_error(error) from error
+            try:
+                hasher = new_hasher(size)
+                try:
+                    copied = copy_and_hash(src, fd, hasher)
+                except OSError as error:
+                    raise source_error(source, error) from error
+                if copied is None:
+                    os.close(fd)
+                    backend.discard(tmp)
+                    return None
+                digest = hasher.hexdigest()
+                final = self._object_path(digest)
+                if backend.size_or_none(final) == copied:
+                    os.close(fd)
+                    backend.discard(tmp)
+                else:
+                    backend.finish_temp_fd(fd)
+                    os.close(fd)
+                    backend.commit(tmp, final)
+            except BaseException as error:
+                with suppress(OSError):
+                    os.close(fd)
+                backend.discard(tmp)
+                if isinstance(error, OSError):
+                    raise self._write_error(error) from error
+                raise
+        finally:
+            os.close(src)
+        return Blob(digest=digest, size=copied)
 
     def put_stream(self, stream: Any, *, size_hint: int | None = None) -> Blob:
         """Store everything read from a binary stream (``read(n)`` until it returns ``b""``).
@@ -558,7 +634,10 @@ class ArtifactStore:
 
         The content goes to a temp file beside ``dst`` and is renamed over ``dst`` after the
         digest matched, so a corrupt object never produces (or clobbers) ``dst``. Missing
-        parent folders are created.
+        parent folders are created. ``dst`` is always a file of its own, never a link to the
+        object, so writing to it later cannot change the store. A large object of a local
+        store is copied by the kernel: a reflink (shared blocks, copied on write: instant)
+        where the filesystem supports it, ``copy_file_range`` otherwise; the copy is hashed.
 
         Args:
             digest: the object's BLAKE3 hex digest.
@@ -582,8 +661,29 @@ class ArtifactStore:
                 while n := reader.readinto(buffer):  # the last read checks the digest
                     out.write(view[:n])
 
-            write_atomically(target, copy)
+            local = self.path_of(digest) if reader.size >= KERNEL_COPY_MIN_SIZE else None
+            write_atomically(target, copy if local is None else self._kernel_copier(digest, local))
         return target
+
+    def _kernel_copier(self, digest: str, path: str) -> Callable[[BinaryIO], None]:
+        """A ``write_atomically`` fill copying a local object in the kernel, checking the copy."""
+
+        def fill(out: BinaryIO) -> None:
+            with open(path, "rb", buffering=0) as source:
+                hasher = new_hasher(os.fstat(source.fileno()).st_size)
+                copied = copy_and_hash(source.fileno(), out.fileno(), hasher)
+                if copied is None:  # the kernel cannot: through Python buffers
+                    for chunk in read_chunks(Path(path)):
+                        hasher.update(chunk)
+                        out.write(chunk)
+                actual = hasher.hexdigest()
+                if actual != digest:
+                    identity = self._backend.identity(source)
+                    raise self._corrupt(
+                        digest, path, f"its content hashes to {actual}", identity=identity
+                    )
+
+        return fill
 
     def read_manifest(self, digest: str) -> dict[str, Blob]:
         """The files a :meth:`put_dir` manifest lists, by relative POSIX path.

@@ -857,3 +857,75 @@ def test_batch_on_an_fsspec_store_just_writes(tmp_path: Path) -> None:
         assert store.read_bytes(blob.digest) == b"memory"
     finally:
         fsspec.filesystem("memory").rm(_memory_root(url), recursive=True)
+
+
+# -- kernel copies (local stores, files of KERNEL_COPY_MIN_SIZE and more) ------------------------
+
+
+def test_a_large_file_is_copied_by_the_kernel_and_named_by_its_copy(tmp_path: Path) -> None:
+    from keel.artifacts.store import KERNEL_COPY_MIN_SIZE
+
+    source = tmp_path / "big.bin"
+    content = os.urandom(KERNEL_COPY_MIN_SIZE + 3 * MiB + 17)  # not a multiple of any step
+    source.write_bytes(content)
+    store = ArtifactStore(tmp_path / "store")
+
+    blob = store.put_file(source)
+
+    assert blob == Blob(digest=blake3.blake3(content).hexdigest(), size=len(content))
+    assert store.read_bytes(blob.digest) == content
+    assert _tmp_files(store) == []
+    assert store.put_file(source) == blob  # again: the copy is dropped
+    assert _tmp_files(store) == [] and len(_objects(store)) == 1
+    mode = os.stat(store.path_of(blob.digest) or "").st_mode
+    assert mode & 0o222 == 0  # objects are read-only
+
+
+def test_copy_and_hash_steps_through_a_file_larger_than_one_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keel.artifacts.copying as copying
+
+    monkeypatch.setattr(copying, "KERNEL_COPY_STEP", 1 << 16)  # many steps, same code path
+    content = os.urandom(3 * MiB + 5)
+    (tmp_path / "src").write_bytes(content)
+    hasher = blake3.blake3()
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "w+b") as dst:
+        copied = copying.copy_and_hash(src.fileno(), dst.fileno(), hasher)
+
+    assert copied == len(content)
+    assert (tmp_path / "dst").read_bytes() == content
+    assert hasher.hexdigest() == blake3.blake3(content).hexdigest()
+
+
+def test_editing_a_large_downloaded_file_never_changes_the_object(tmp_path: Path) -> None:
+    from keel.artifacts.store import KERNEL_COPY_MIN_SIZE
+
+    content = os.urandom(KERNEL_COPY_MIN_SIZE + 1)
+    store = ArtifactStore(tmp_path / "store")
+    blob = store.put_bytes(content)
+    out = store.get_file(blob.digest, tmp_path / "out.bin")
+    assert out.read_bytes() == content
+    assert os.stat(out).st_ino != os.stat(store.path_of(blob.digest) or "").st_ino
+
+    with open(out, "r+b") as edited:  # in place, as an editor or numpy.memmap would
+        edited.write(b"EDITED")
+
+    assert store.verify(blob.digest) == blob
+    assert store.read_bytes(blob.digest) == content
+
+
+def test_a_corrupt_large_object_never_produces_a_download(tmp_path: Path) -> None:
+    from keel.artifacts.store import KERNEL_COPY_MIN_SIZE
+
+    store = ArtifactStore(tmp_path / "store")
+    blob = store.put_bytes(os.urandom(KERNEL_COPY_MIN_SIZE + 1))
+    _corrupt(store, blob.digest)
+    (tmp_path / "kept.bin").write_bytes(b"the user's file")
+
+    with pytest.raises(StorageError, match="quarantined"):
+        store.get_file(blob.digest, tmp_path / "kept.bin")
+
+    assert (tmp_path / "kept.bin").read_bytes() == b"the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.bin", "store"]
+    assert not store.exists(blob.digest)
