@@ -224,10 +224,15 @@ class _NumericStats(ColumnStats):
                 "mean": self.mean,
                 "std": std,
                 "quantiles": self._quantiles(),
-                "percentiles": self.kll.get_quantiles([i / 100 for i in range(101)]),
+                "percentiles": self._percentiles(),
                 "histogram": self._histogram(),
             }
         )
+
+    def _percentiles(self) -> list[float]:
+        """The 0th..100th percentiles; the ends are the exact min and max."""
+        inner = self.kll.get_quantiles([i / 100 for i in range(1, 100)])
+        return [self.low, *(min(max(v, self.low), self.high) for v in inner), self.high]
 
     def _quantiles(self) -> dict[str, float]:
         return dict(
