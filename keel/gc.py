@@ -16,11 +16,11 @@ To plug in a new kind of referrer, add a factory::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.engine import make_url
 
 from keel.artifacts import ArtifactStore
 from keel.data.git import toplevel
@@ -34,6 +34,7 @@ from keel.data.maintenance import (
     working_tree_references,
     working_tree_root,
 )
+from keel.data.versions import list_datasets, list_versions
 from keel.errors import InvalidInput
 from keel.settings import Settings
 from keel.tracking.references import artifact_references
@@ -75,17 +76,16 @@ def _runs(options: GcOptions) -> ReferenceSource:
 
 
 def _dataset_versions(options: GcOptions) -> ReferenceSource | None:
-    try:
-        versions = importlib.import_module("keel.data.versions")
-    except ModuleNotFoundError:
-        return None  # named dataset versions are not in this Keel yet
-    function = getattr(versions, "referenced_digests", None)
-    if function is None:
-        return None
+    url = make_url(options.settings.db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return None  # no database: no dataset versions (and none is created)
 
     def references() -> Iterator[Reference]:
-        for version in function(settings=options.settings):
-            yield Reference(version.digest, version.kind == "directory", f"dataset {version.ref}")
+        settings = options.settings
+        for dataset in list_datasets(settings=settings):
+            for version in list_versions(dataset.name, settings=settings):
+                manifest = version.kind == "directory"
+                yield Reference(version.digest, manifest, f"dataset version {version.ref}")
 
     return references
 

@@ -14,7 +14,6 @@ file pointer is one file, and two files differ when their digests do.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from keel.artifacts import ArtifactStore, Blob
 from keel.data.git import commit_of, read_committed, toplevel
 from keel.data.models import POINTER_SUFFIX, DatasetVersion, Pointer, parse_pointer
 from keel.data.profile_models import ProfileDiff
+from keel.data.versions import resolve
 from keel.errors import InvalidInput, KeelError, NotFound, StorageError
 from keel.settings import Settings
 
@@ -281,14 +281,7 @@ def _git_version(spec: str, revision: str, path: str) -> DataVersion:
 
 
 def _dataset_version(spec: str, settings: Settings) -> DataVersion:
-    try:
-        versions = importlib.import_module("keel.data.versions")
-    except ModuleNotFoundError:
-        raise InvalidInput(
-            f"{spec}: named dataset versions are not available in this Keel yet; compare "
-            "pointers (images, HEAD~1:images) instead"
-        ) from None
-    version: DatasetVersion = versions.resolve(spec, settings=settings)
+    version = resolve(spec, settings=settings)
     return DataVersion(
         spec=spec,
         source="dataset",

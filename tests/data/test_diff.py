@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import keel.data
 from keel.data.diff import diff, resolve_version
+from keel.data.versions import log_dataset
 from keel.errors import InvalidInput, NotFound
 from tests.conftest import run_main
 
@@ -170,3 +171,33 @@ def test_pointer_against_pointer_of_another_path(home: Path, tmp_path: Path) -> 
     mixed = diff("one.bin", "a")  # a file and a folder: nothing in common
     assert [c.path for c in mixed.deleted] == ["one.bin"]
     assert [c.path for c in mixed.added] == ["x.txt", "y.txt"]
+
+
+def test_dataset_versions_of_tables(home: Path, tmp_path: Path, cli: CliRunner) -> None:
+    rows_a = ["age,sex,score"] + [f"{20 + i % 30},{'mf'[i % 2]},{i}" for i in range(400)]
+    rows_b = ["age,sex,city"] + [f"{50 + i % 30},{'mf'[i % 2]},x" for i in range(500)]
+    _write(tmp_path / "a.csv", "\n".join(rows_a) + "\n")
+    _write(tmp_path / "b.csv", "\n".join(rows_b) + "\n")
+    log_dataset(tmp_path / "a.csv", name="people")
+    log_dataset(tmp_path / "b.csv", name="people")
+
+    result = diff("people@1", "people@2")
+    assert [(c.path, c.size_a, c.size_b) for c in result.modified] == [
+        ("people", (tmp_path / "a.csv").stat().st_size, (tmp_path / "b.csv").stat().st_size)
+    ]
+    assert result.profile is not None and result.profile.schema_changed
+    changes = {c.name: c.change for c in result.profile.columns}
+    assert changes == {"age": "shifted", "sex": "unchanged", "score": "removed", "city": "added"}
+    assert (result.profile.rows_a, result.profile.rows_b) == (400, 500)
+
+    text = run_main(cli, ["data", "diff", "people@1", "people@2"])
+    assert text.exit_code == 0, text.output
+    assert "Schema changed; 400 -> 500 rows" in text.output
+    age = next(line for line in text.output.splitlines() if "│ age" in line)
+    assert "shifted" in age and "psi" in age
+    document = json.loads(run_main(cli, ["data", "diff", "people@1", "people@2", "--json"]).output)
+    assert document["a"]["source"] == "dataset" and document["b"]["spec"] == "people@2"
+    assert {c["name"] for c in document["profile"]["columns"]} == {"age", "sex", "score", "city"}
+
+    with pytest.raises(NotFound):
+        diff("people@1", "people@9")

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 import keel.data
 from keel.artifacts import ArtifactStore
+from keel.data.versions import get_version, log_dataset, materialize
 from keel.errors import Conflict, InvalidInput, NotFound
 from keel.gc import gc, parse_duration
 from keel.settings import Settings
@@ -132,12 +133,16 @@ class World:
             listing.digest,
             _digest(settings, "listed only by a manifest"),
         }
+        # a dataset version of a folder, which no pointer names
+        _write(root / "ds" / "part-0.csv", "a,b\n1,2\n")
+        version = log_dataset(root / "ds", name="parts")
+        self.datasets = {version.digest, _digest(settings, "a,b\n1,2\n")}
         # garbage: a pointer deleted, and the manifest put_dir made for the report folder
         _write(root / "b.txt", "orphan")
         keel.data.add(["b.txt"])
         (root / "b.txt.keel").unlink()
         everything = set(_objects(settings))
-        self.garbage = everything - self.working - self.history_only - self.runs
+        self.garbage = everything - self.working - self.history_only - self.runs - self.datasets
         assert _digest(settings, "orphan") in self.garbage
         assert len(self.garbage) == 2  # the orphan, and log_artifacts' unreferenced manifest
         _age(settings)
@@ -166,13 +171,13 @@ def test_each_rule_keeps_what_it_must_and_gc_frees_exactly_the_rest(world: World
         "working tree pointers": 2,
         "git history pointers": 4,  # a.txt x3 contents, images once
         "runs": 3,  # model.bin, report/r.txt, and listing (a dir)
-        **({"dataset versions": 0} if "dataset versions" in report.references else {}),
+        "dataset versions": 1,
     }
     assert report.missing == 0
 
     # without --all-commits, what only history names goes too
     report = gc(settings=settings)
-    assert set(_objects(settings)) == world.working | world.runs
+    assert set(_objects(settings)) == world.working | world.runs | world.datasets
     assert report.bytes_freed == sum(before[d] for d in world.history_only)
 
     # what is kept still works
@@ -185,6 +190,7 @@ def test_each_rule_keeps_what_it_must_and_gc_frees_exactly_the_rest(world: World
         assert client.read_artifact(world.run_id, "listing/x.txt") == b"listed only by a manifest"
     finally:
         client.close()
+    assert materialize(get_version("parts@1", settings=settings), settings=settings).is_dir()
     assert gc(settings=settings).deleted == 0
 
 
@@ -264,7 +270,7 @@ def test_cli(world: World, cli: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("Would delete 4 objects, ") and lines[0].endswith("(dry run).")
-    assert "working tree pointers 2, runs 3" in lines[2]
+    assert "working tree pointers 2, runs 3, dataset versions 1" in lines[2]
 
     result = run_main(cli, ["data", "gc", "--all-commits", "--json"])
     document = json.loads(result.output)
