@@ -8,6 +8,7 @@ A manifest is itself an object: canonical JSON (sorted keys, no spaces, UTF-8)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,7 @@ __all__ = [
     "Blob",
     "decode_manifest",
     "encode_manifest",
+    "manifest_bytes",
 ]
 
 DIGEST_PATTERN = r"^[0-9a-f]{64}$"
@@ -38,12 +40,17 @@ class Blob(BaseModel):
     size: int = Field(ge=0, description="content length in bytes")
 
 
-def encode_manifest(files: dict[str, Blob]) -> bytes:
+def encode_manifest(files: Mapping[str, Blob]) -> bytes:
     """The canonical bytes of a manifest: compact JSON, sorted keys, UTF-8."""
+    return manifest_bytes({rel: (b.digest, b.size) for rel, b in files.items()})
+
+
+def manifest_bytes(entries: Mapping[str, tuple[str, int]]) -> bytes:
+    """:func:`encode_manifest` of ``{rel: (digest, size)}``: no Blob per file on hot paths."""
     document = {
         "kind": MANIFEST_KIND,
         "version": MANIFEST_VERSION,
-        "files": {rel: {"digest": b.digest, "size": b.size} for rel, b in files.items()},
+        "files": {rel: {"digest": digest, "size": size} for rel, (digest, size) in entries.items()},
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from keel.artifacts import ArtifactStore, Blob, hash_file, walk_files
-from keel.artifacts.models import encode_manifest
+from keel.artifacts import ArtifactStore, hash_file, walk_files
+from keel.artifacts.models import manifest_bytes
 from keel.data.models import (
     AddResult,
     CheckoutResult,
@@ -40,6 +41,7 @@ from keel.data.workspace import (
     data_path_of,
     find_pointers,
     ignore_in_git,
+    path_lock,
     pointer_path_of,
     require_exists,
     stat_or_none,
@@ -48,14 +50,21 @@ from keel.data.workspace import (
 from keel.errors import Conflict, InvalidInput, NotFound, StorageError
 from keel.settings import Settings
 
-__all__ = ["Workspace", "add", "checkout", "status"]
+__all__ = ["LOCKS_FOLDER", "Progress", "Workspace", "add", "checkout", "status"]
 
 HASH_THREADS = 4
 """Files hashed (and stored) at once when many are new or changed."""
 
+LOCKS_FOLDER = "locks"
+"""Under the Keel home: one lock file per data path being added or checked out."""
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _Files = dict[str, tuple[str, os.stat_result]]
+_Entries = dict[str, tuple[str, int]]
+"""Files by relative path: (BLAKE3 digest, size)."""
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while files are hashed and stored (from threads)."""
 
 
 class Workspace:
@@ -82,6 +91,7 @@ class Workspace:
             self.settings.home_path / CACHE_FILENAME,
             busy_timeout=self.settings.sqlite_busy_timeout,
         )
+        self.locks = self.settings.home_path / LOCKS_FOLDER
 
     def __enter__(self) -> Workspace:
         return self
@@ -100,14 +110,21 @@ class Workspace:
 
     # -- add ------------------------------------------------------------------
 
-    def add(self, paths: Sequence[str | os.PathLike[str]]) -> list[AddResult]:
+    def add(
+        self, paths: Sequence[str | os.PathLike[str]], *, progress: Progress | None = None
+    ) -> list[AddResult]:
         """Store each file or folder and write its pointer ``PATH.keel`` and ``.gitignore`` line.
 
         Unchanged content is not re-read (the stat cache) nor re-stored, and a pointer that
-        already names it is left as it is, so adding again is a fast no-op.
+        already names it is left as it is, so adding again is a fast no-op. Each path is locked
+        while it is added: an ``add`` or ``checkout`` of the same path in another process waits,
+        those of other paths do not. New objects are flushed to disk together (one
+        ``ArtifactStore.batch``) before the pointer that names them is written.
 
         Args:
             paths: files or folders.
+            progress: called as ``progress(done, total)`` as the files that must be read are
+                stored (``total`` counts those of the current path), from worker threads.
 
         Returns:
             One :class:`AddResult` per path, in order.
@@ -119,45 +136,56 @@ class Workspace:
                 stored (a special file, a non-UTF-8 name).
             StorageError: a file cannot be read, or the store or pointer cannot be written.
         """
-        return [self._add_one(Path(path)) for path in paths]
+        return [self._add_one(Path(path), progress) for path in paths]
 
-    def _add_one(self, given: Path) -> AddResult:
+    def _add_one(self, given: Path, progress: Progress | None) -> AddResult:
         shown = str(given)
         data = Path(os.path.abspath(given))
-        st = require_exists(data, shown)
+        require_exists(data, shown)
         self._check_addable(data, shown)
-        if stat.S_ISDIR(st.st_mode):
-            self.cache.preload(str(data))
-            files = walk_files(data)
-            blobs = self._digests(files, store=True)
-            manifest = self.store.put_bytes(encode_manifest(blobs))
-            pointer = Pointer(
-                kind="directory",
-                hash=manifest.digest,
-                size=sum(b.size for b in blobs.values()),
-                files=len(blobs),
-            )
-        elif stat.S_ISREG(st.st_mode):
-            blob = self._digests({data.name: (str(data), st)}, store=True)[data.name]
-            pointer = Pointer(kind="file", hash=blob.digest, size=blob.size, files=1)
-        else:
-            raise InvalidInput(
-                f"{shown} is not a regular file or folder (a FIFO, socket or device)", path=shown
-            )
-        pointer_path = pointer_path_of(data)
-        old = self._existing_pointer(pointer_path)
-        if old is not None:
-            pointer = pointer.model_copy(update={"name": old.name, "version": old.version})
-        changed = old != pointer
-        if changed:
-            write_text_atomically(pointer_path, dump_pointer(pointer))
-        ignored = ignore_in_git(data)
+        with path_lock(self.locks, data):
+            st = require_exists(data, shown)  # again: another add may have run meanwhile
+            with self.store.batch():  # every object durable before the pointer names it
+                pointer = self._store_content(data, shown, st, progress)
+            pointer_path = pointer_path_of(data)
+            old = self._existing_pointer(pointer_path)
+            if old is not None:
+                pointer = pointer.model_copy(update={"name": old.name, "version": old.version})
+            changed = old != pointer
+            if changed:
+                write_text_atomically(pointer_path, dump_pointer(pointer))
+            ignored = ignore_in_git(data)
         return AddResult(
             path=_display(data),
             pointer_path=_display(pointer_path),
             pointer=pointer,
             changed=changed,
             ignored=ignored,
+        )
+
+    def _store_content(
+        self, data: Path, shown: str, st: os.stat_result, progress: Progress | None
+    ) -> Pointer:
+        """Put a file, or a folder's files and manifest, into the store; the new pointer."""
+        if stat.S_ISDIR(st.st_mode):
+            self.cache.preload(str(data))
+            taken = time.time_ns()
+            files = walk_files(data)
+            entries = self._digests(files, store=True, progress=progress)
+            manifest = self.store.put_bytes(manifest_bytes(entries))
+            self.cache.save_snapshot(str(data), manifest.digest, _stats(files), taken_ns=taken)
+            return Pointer(
+                kind="directory",
+                hash=manifest.digest,
+                size=sum(size for _, size in entries.values()),
+                files=len(entries),
+            )
+        if stat.S_ISREG(st.st_mode):
+            entry = self._digests({data.name: (str(data), st)}, store=True, progress=progress)
+            digest, size = entry[data.name]
+            return Pointer(kind="file", hash=digest, size=size, files=1)
+        raise InvalidInput(
+            f"{shown} is not a regular file or folder (a FIFO, socket or device)", path=shown
         )
 
     def _check_addable(self, data: Path, shown: str) -> None:
@@ -198,32 +226,40 @@ class Workspace:
         except InvalidInput:
             return None  # rewritten from the data
 
-    def _digests(self, files: _Files, *, store: bool) -> dict[str, Blob]:
-        """Each file's Blob, from the stat cache where its stat is unchanged.
+    def _digests(self, files: _Files, *, store: bool, progress: Progress | None = None) -> _Entries:
+        """Each file's digest and size, from the stat cache where its stat is unchanged.
 
         With ``store``, files not yet in the artifact store are put there (a cached digest is
         only trusted once the object exists).
         """
-        blobs: dict[str, Blob] = {}
+        entries: _Entries = {}
         todo: list[str] = []
+        lookup, exists = self.cache.lookup, self.store.exists
         for rel, (path, st) in files.items():
-            digest = self.cache.lookup(path, st)
-            if digest is not None and (not store or self.store.exists(digest)):
-                blobs[rel] = Blob.model_construct(digest=digest, size=st.st_size)  # valid
+            digest = lookup(path, st)
+            if digest is not None and (not store or exists(digest)):
+                entries[rel] = (digest, st.st_size)
             else:
                 todo.append(rel)
         if not todo:
-            return blobs
+            return entries
         started = time.time_ns()
-        read: Callable[[str], Blob] = self.store.put_file if store else hash_file
-        fresh = _map_in_threads(lambda rel: read(files[rel][0]), todo)
-        blobs.update(zip(todo, fresh, strict=True))
+        read = self.store.put_file if store else hash_file
+        counter = _Counter(len(todo), progress)
+
+        def one(rel: str) -> tuple[str, int]:
+            blob = read(files[rel][0])
+            counter.step()
+            return blob.digest, blob.size
+
+        fresh = _map_in_threads(one, todo)
+        entries.update(zip(todo, fresh, strict=True))
         self.cache.record(
-            (files[rel][0], files[rel][1], blob.digest, started)
-            for rel, blob in zip(todo, fresh, strict=True)
-            if blob.size == files[rel][1].st_size
+            (files[rel][0], files[rel][1], digest, started)
+            for rel, (digest, size) in zip(todo, fresh, strict=True)
+            if size == files[rel][1].st_size
         )
-        return dict(sorted(blobs.items()))
+        return dict(sorted(entries.items()))
 
     # -- status ---------------------------------------------------------------
 
@@ -251,43 +287,61 @@ class Workspace:
         shown = _display(data)
         result = PathStatus(path=shown, pointer=_display(pointer_path), kind=pointer.kind)
         expected, working = self._compare(pointer, data, pointer_path)
+        if expected == working:
+            return result
         for rel in sorted(expected.keys() | working.keys()):
             name = shown if pointer.kind == "file" else f"{shown}/{rel}"
             if rel not in working:
                 result.deleted.append(name)
             elif rel not in expected:
                 result.added.append(name)
-            elif working[rel].digest != expected[rel].digest:
+            elif working[rel] != expected[rel]:
                 result.modified.append(name)
         return result
 
     def _compare(
         self, pointer: Pointer, data: Path, pointer_path: Path
-    ) -> tuple[dict[str, Blob], dict[str, Blob]]:
-        """The files the pointer lists and those in the working copy, as rel -> Blob.
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The files the pointer lists and those in the working copy, as rel -> digest.
 
         A file pointer is the one entry ``""``. A folder where a file is tracked counts as
-        that file modified; a file where a folder is tracked, as every file deleted.
+        that file modified; a file where a folder is tracked, as every file deleted. When a
+        folder's files all have the stats they had when they last matched this pointer's
+        manifest (the stat cache's snapshot), the manifest is not read: both sides are then
+        the same dict, each file mapped to the manifest's digest.
         """
         st = stat_or_none(data)
         if pointer.kind == "file":
-            expected = {"": Blob(digest=pointer.hash, size=pointer.size)}
+            expected = {"": pointer.hash}
             if st is None:
                 return expected, {}
             if stat.S_ISDIR(st.st_mode):
-                return expected, {"": Blob(digest="0" * 64, size=0)}  # a folder: modified
-            return expected, self._digests({"": (str(data), st)}, store=False)
+                return expected, {"": "0" * 64}  # a folder: modified
+            entry = self._digests({"": (str(data), st)}, store=False)[""]
+            return expected, {"": entry[0]}
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return self._manifest(pointer, pointer_path), {}
+        folder = str(data)
+        taken = time.time_ns()
+        files = walk_files(data)
+        stats = _stats(files)
+        if self.cache.matches_snapshot(folder, pointer.hash, stats):
+            if not self.store.exists(pointer.hash):
+                self._manifest(pointer, pointer_path)  # raises NotFound, naming the pointer
+            same = dict.fromkeys(stats, pointer.hash)
+            return same, same
         expected = self._manifest(pointer, pointer_path)
-        if st is None:
-            return expected, {}
-        if not stat.S_ISDIR(st.st_mode):
-            return expected, {}
-        self.cache.preload(str(data))
-        return expected, self._digests(walk_files(data), store=False)
+        self.cache.preload(folder)
+        working = {rel: digest for rel, (digest, _) in self._digests(files, store=False).items()}
+        if working == expected:
+            self.cache.save_snapshot(folder, pointer.hash, stats, taken_ns=taken)
+        return expected, working
 
-    def _manifest(self, pointer: Pointer, pointer_path: Path) -> dict[str, Blob]:
+    def _manifest(self, pointer: Pointer, pointer_path: Path) -> dict[str, str]:
         try:
-            return self.store.read_manifest(pointer.hash)
+            return {
+                rel: blob.digest for rel, blob in self.store.read_manifest(pointer.hash).items()
+            }
         except NotFound as error:
             raise NotFound(
                 f"the folder listing of {_display(pointer_path)} ({pointer.hash}) is not in the "
@@ -338,7 +392,10 @@ class Workspace:
         """Restore each tracked path's working copy from the store, exactly as its pointer says.
 
         Missing and modified files are written from the store (copies, atomically, after the
-        content checked out against its digest), so editing them later never touches the store.
+        content checked out against its digest), so editing them later never touches the store:
+        each is a file of its own, a reflink (shared blocks, copied on the first write) where
+        the filesystem supports them, else a kernel copy (``copy_file_range``). Hard links and
+        symlinks are never used. Each path is locked while it is checked out.
         Files in a tracked folder that the pointer does not list are reported and kept.
 
         Args:
@@ -356,7 +413,11 @@ class Workspace:
             StorageError: an object is corrupt (moved to the store's ``quarantine/``), or a
                 file cannot be written.
         """
-        return [self._checkout_one(p, force=force) for p in self._pointers(paths)]
+        results = []
+        for pointer_path in self._pointers(paths):
+            with path_lock(self.locks, data_path_of(pointer_path)):
+                results.append(self._checkout_one(pointer_path, force=force))
+        return results
 
     def _checkout_one(self, pointer_path: Path, *, force: bool) -> CheckoutResult:
         pointer = self._read_pointer(pointer_path)
@@ -388,11 +449,7 @@ class Workspace:
                 _prune_empty(data.joinpath(*rel.split("/")).parent, data)
             result.removed = result.extra
             result.extra = []
-        todo = {
-            rel: blob.digest
-            for rel, blob in expected.items()
-            if rel not in working or working[rel].digest != blob.digest
-        }
+        todo = {rel: digest for rel, digest in expected.items() if working.get(rel) != digest}
         self.store.get_files(todo, data)
         result.restored = [f"{shown}/{rel}" for rel in sorted(todo)]
         return result
@@ -402,7 +459,10 @@ class Workspace:
 
 
 def add(
-    paths: Sequence[str | os.PathLike[str]], *, settings: Settings | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
 ) -> list[AddResult]:
     """Version files and folders: see :meth:`Workspace.add`.
 
@@ -411,7 +471,7 @@ def add(
         [AddResult(path='data/train.csv', pointer_path='data/train.csv.keel', ...), ...]
     """
     with Workspace(settings) as ws:
-        return ws.add(paths)
+        return ws.add(paths, progress=progress)
 
 
 def status(
@@ -472,6 +532,29 @@ def _prune_empty(folder: Path, root: Path) -> None:
         except OSError:
             return
         folder = folder.parent
+
+
+def _stats(files: _Files) -> dict[str, tuple[int, int, int]]:
+    """A folder's files as the stat cache's snapshots compare them: (size, mtime_ns, inode)."""
+    return {rel: (st.st_size, st.st_mtime_ns, st.st_ino) for rel, (_, st) in files.items()}
+
+
+class _Counter:
+    """Counts finished files across threads and reports them to a progress callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self._progress = progress
+        self._lock = threading.Lock()
+
+    def step(self) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            self.done += 1
+            done = self.done
+        self._progress(done, self.total)
 
 
 def _map_in_threads(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:

@@ -9,14 +9,21 @@ A file changed within the filesystem's timestamp granularity of being hashed cou
 size and mtime (git calls this "racily clean"). So an entry only counts when the file's mtime
 is at least :data:`RACY_WINDOW_NS` older than the moment it was hashed; a file written just
 before it was hashed is hashed again next time, and then cached for good.
+
+A tracked folder also gets one *snapshot* row: the stat of every file at a moment its content
+was known to match a manifest. When a folder's files all have the same stats again (compared
+as one dict), ``status`` knows the folder matches that manifest without a lookup per file, and
+without reading the manifest. Snapshots are stored with :mod:`marshal` (tuples of ints, read
+back in milliseconds); the file is local and written only by Keel.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from keel.errors import StorageError
@@ -35,12 +42,22 @@ CREATE TABLE IF NOT EXISTS stat_cache (
     inode INTEGER NOT NULL,
     digest TEXT NOT NULL,
     hashed_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS folder_snapshot (
+    path TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL,
+    stats BLOB NOT NULL
 )
 """
 
+FolderStats = dict[str, tuple[int, int, int]]
+"""A folder's files by relative POSIX path: ``(size, mtime_ns, inode)``."""
+
 
 class StatCache:
-    """Digests of local files by ``(path, size, mtime_ns, inode)``; counts hits and misses.
+    """Digests of local files by ``(path, size, mtime_ns, inode)``, and folder snapshots.
+
+    Counts ``hits`` and ``misses`` of file lookups and ``folder_hits`` of snapshots.
 
     Args:
         path: the SQLite file (created with its folder if missing).
@@ -51,13 +68,14 @@ class StatCache:
         self.path = path
         self.hits = 0
         self.misses = 0
+        self.folder_hits = 0
         self._preloaded: dict[str, tuple[int, int, int, str, int]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
             _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), busy_timeout)
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            _retry_while_locked(lambda: self._conn.execute(_SCHEMA), busy_timeout)
+            _retry_while_locked(lambda: self._conn.executescript(_SCHEMA), busy_timeout)
         except (OSError, sqlite3.Error) as error:
             raise StorageError(
                 f"cannot open the stat cache {path}: {error}", path=str(path)
@@ -108,12 +126,59 @@ class StatCache:
         for row in rows:
             if row[0] in self._preloaded:
                 self._preloaded[row[0]] = row[1:]
+        self._write("INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def snapshot(self, folder: str) -> tuple[str, FolderStats] | None:
+        """The manifest digest a folder last matched and its files' stats then, or None."""
+        try:
+            row = self._conn.execute(
+                "SELECT manifest, stats FROM folder_snapshot WHERE path = ?", (folder,)
+            ).fetchone()
+        except sqlite3.Error as error:
+            raise StorageError(
+                f"cannot read the stat cache {self.path}: {error}", path=str(self.path)
+            ) from error
+        if row is None:
+            return None
+        try:
+            stats = marshal.loads(row[1])
+        except (EOFError, ValueError, TypeError):
+            return None  # damaged: as if there were none
+        return (str(row[0]), stats) if isinstance(stats, dict) else None
+
+    def matches_snapshot(self, folder: str, manifest: str, stats: FolderStats) -> bool:
+        """Whether ``folder``'s files, with these stats, are known to hold ``manifest``."""
+        if self.snapshot(folder) == (manifest, stats):
+            self.folder_hits += 1
+            return True
+        return False
+
+    def save_snapshot(
+        self, folder: str, manifest: str, stats: FolderStats, *, taken_ns: int
+    ) -> bool:
+        """Remember that ``folder`` held exactly ``manifest``'s content with these stats.
+
+        Nothing is saved (False) if a file's mtime is within :data:`RACY_WINDOW_NS` of
+        ``taken_ns`` (when the stats were taken, before hashing): a later write could keep it.
+        """
+        if any(st[1] + RACY_WINDOW_NS > taken_ns for st in stats.values()):
+            self.forget_snapshot(folder)
+            return False
+        self._write(
+            "INSERT OR REPLACE INTO folder_snapshot VALUES (?, ?, ?)",
+            [(folder, manifest, marshal.dumps(stats))],
+        )
+        return True
+
+    def forget_snapshot(self, folder: str) -> None:
+        """Drop a folder's snapshot (its content is no longer known to match it)."""
+        self._write("DELETE FROM folder_snapshot WHERE path = ?", [(folder,)])
+
+    def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         try:
             with self._conn:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?)", rows
-                )
+                self._conn.executemany(sql, rows)
         except sqlite3.Error as error:
             raise StorageError(
                 f"cannot write the stat cache {self.path}: {error}", path=str(self.path)

@@ -1,12 +1,15 @@
 """The working tree side of data versioning: walking data folders, finding pointer files,
-writing them atomically, and keeping tracked data out of git through ``.gitignore``.
+writing them atomically, keeping tracked data out of git through ``.gitignore``, and the lock
+that serializes work on one data path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from keel.data.models import POINTER_SUFFIX
@@ -18,6 +21,7 @@ __all__ = [
     "find_pointers",
     "gitignore_entry",
     "ignore_in_git",
+    "path_lock",
     "pointer_path_of",
     "require_exists",
     "stat_or_none",
@@ -131,6 +135,34 @@ def _lock(fd: int) -> None:
     except ImportError:  # pragma: no cover - Windows: appends are not locked
         return
     fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+
+
+@contextmanager
+def path_lock(locks: Path, data: Path) -> Iterator[None]:
+    """Hold the lock of one data path (an absolute path) while the block runs.
+
+    Two ``add`` or ``checkout`` of the same path, in any processes, take turns; work on other
+    paths never waits. The lock is ``flock`` on ``<locks>/<sha256 of the path>.lock``, released
+    by the kernel even if the process is killed. Lock files are left in place (deleting one
+    another process may hold would break the exclusion); each is empty. Not locked on Windows.
+
+    Raises:
+        StorageError: the lock file cannot be created.
+    """
+    name = hashlib.sha256(os.fsencode(data)).hexdigest()[:32] + ".lock"
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StorageError(
+            f"cannot create the lock for {data} in {locks}: {error.strerror or error}",
+            path=str(locks / name),
+        ) from error
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)
 
 
 def stat_or_none(path: Path) -> os.stat_result | None:
