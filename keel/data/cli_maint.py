@@ -30,6 +30,14 @@ from keel.settings import Settings
 __all__ = ["fsck", "progress_bar", "size_text"]
 
 _SHOWN_PER_KIND = 20
+_HINTS = {
+    "missing": "To restore missing objects: keel data pull fetches them from a remote; "
+    "keel data add PATH stores an intact working copy again.",
+    "quarantined": "Quarantined objects were moved aside, not deleted: once the content is "
+    "stored again (add or pull), delete the files in quarantine/ you no longer need.",
+    "bad_pointer": "A pointer that does not parse: restore it from git (git checkout -- "
+    "PATH.keel) or rewrite it with keel data add PATH.",
+}
 
 
 @click.command()
@@ -63,7 +71,7 @@ def fsck(jobs: int | None, as_json: bool) -> None:
     else:
         _print(report)
     if not report.ok:
-        click.get_current_context().exit(1)
+        sys.exit(1)
 
 
 def _print(report: FsckReport) -> None:
@@ -80,6 +88,10 @@ def _print(report: FsckReport) -> None:
             click.echo(
                 f"{kind}: ... and {len(problems) - _SHOWN_PER_KIND:,} more (--json lists all)"
             )
+    kinds = {p.kind for p in report.problems}
+    for kind, hint in _HINTS.items():
+        if kind in kinds:
+            click.echo(hint)
     n = len(report.problems)
     click.echo(f"{what}; {n:,} problem{'s' if n != 1 else ''}")
 
