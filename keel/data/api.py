@@ -119,7 +119,9 @@ class Workspace:
         already names it is left as it is, so adding again is a fast no-op. Each path is locked
         while it is added: an ``add`` or ``checkout`` of the same path in another process waits,
         those of other paths do not. New objects are flushed to disk together (one
-        ``ArtifactStore.batch``) before the pointer that names them is written.
+        ``ArtifactStore.batch``) before the pointer that names them is written; an add killed
+        midway leaves at most a temp file in the store's ``tmp/`` (never a partial object),
+        which a later add deletes once it is a day old.
 
         Args:
             paths: files or folders.
@@ -136,6 +138,7 @@ class Workspace:
                 stored (a special file, a non-UTF-8 name).
             StorageError: a file cannot be read, or the store or pointer cannot be written.
         """
+        self.store.remove_stale_tmp()  # what adds killed more than a day ago left behind
         return [self._add_one(Path(path), progress) for path in paths]
 
     def _add_one(self, given: Path, progress: Progress | None) -> AddResult:
