@@ -162,15 +162,17 @@ def log_dataset(
     run = _active_run()
     settings = _resolve(settings, run)
     store = ArtifactStore(settings.artifacts_url)
-    if isinstance(data, str | os.PathLike):
-        content = _store_path(store, Path(data))
-    elif _is_dataframe(data):
-        content = _store_frame(store, data)
-    else:
+    if not isinstance(data, str | os.PathLike) and not _is_dataframe(data):
         raise InvalidInput(
             f"log_dataset takes a pandas DataFrame or the path of a file or folder, "
             f"not {type(data).__name__}"
         )
+    # one flush to disk for every new object, before the database row that names them
+    with store.batch():
+        if isinstance(data, str | os.PathLike):
+            content = _store_path(store, Path(data))
+        else:
+            content = _store_frame(store, data)
     return _record(settings, name, content, run_id=run[0] if run else None, frame=data)
 
 
