@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -99,17 +100,27 @@ def env_for(tool: str) -> dict[str, str]:
     return env
 
 
-def run(tool: str, args: Sequence[str], cwd: Path) -> float:
+CPU: dict[tuple[str, str], list[float]] = {}
+"""CPU seconds (user + system) of each timed command, by (tool, benchmark): on a shared machine
+they are less inflated by other load than wall times, so the report shows both."""
+
+
+def run(tool: str, args: Sequence[str], cwd: Path, *, bench: str = "") -> float:
     """Run one command of a tool; its wall time in seconds (after a sync, untimed)."""
     os.sync()
     exe = DVC if tool == "dvc" else KEEL
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         [str(exe), *args], cwd=cwd, env=env_for(tool), capture_output=True, text=True
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    if bench:
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        CPU.setdefault((tool, bench), []).append(cpu)
     return elapsed
 
 
@@ -160,7 +171,7 @@ def bench_big(big: Path, reps: int) -> dict[str, Any]:
             repo = fresh_repo(tool, "big")
             shutil.copy2(big, repo / "big.bin")
             times.append(run(tool, ["add", "big.bin"] if tool == "dvc" else
-                             ["data", "add", "big.bin"], repo))  # fmt: skip
+                             ["data", "add", "big.bin"], repo, bench="big"))  # fmt: skip
         out[tool] = statistics.median(times)
         out[f"{tool}_all"] = times
     return out
@@ -171,7 +182,8 @@ def bench_many(many: Path) -> dict[str, Any]:
     for tool in ("dvc", "keel"):
         repo = fresh_repo(tool, "many")
         shutil.copytree(many, repo / "many")  # copy2: the old mtimes are kept
-        out[tool] = run(tool, ["add", "many"] if tool == "dvc" else ["data", "add", "many"], repo)
+        args = ["add", "many"] if tool == "dvc" else ["data", "add", "many"]
+        out[tool] = run(tool, args, repo, bench="many")
     return out
 
 
@@ -181,7 +193,7 @@ def bench_status() -> dict[str, Any]:
         repo = WORK / f"{tool}-many"
         args = ["status"] if tool == "dvc" else ["data", "status"]
         run(tool, args, repo)  # warm-up
-        times = [run(tool, args, repo) for _ in range(STATUS_RUNS)]
+        times = [run(tool, args, repo, bench="status") for _ in range(STATUS_RUNS)]
         out[tool] = statistics.median(times)
         out[f"{tool}_all"] = times
     return out
@@ -195,10 +207,10 @@ def bench_push() -> dict[str, Any]:
         shutil.rmtree(remote, ignore_errors=True)
         if tool == "dvc":
             run(tool, ["remote", "add", "-f", "-d", "bench", str(remote)], repo)
-            out[tool] = run(tool, ["push"], repo)
+            out[tool] = run(tool, ["push"], repo, bench="push")
         else:
             run(tool, ["remote", "add", "bench", str(remote), "--default"], repo)
-            out[tool] = run(tool, ["data", "push"], repo)
+            out[tool] = run(tool, ["data", "push"], repo, bench="push")
     return out
 
 
@@ -210,7 +222,8 @@ def bench_pull(many: Path) -> dict[str, Any]:
         store = repo / ".dvc" / "cache" if tool == "dvc" else repo / ".keel" / "artifacts"
         shutil.rmtree(store)
         shutil.rmtree(repo / "many")
-        out[tool] = run(tool, ["pull"] if tool == "dvc" else ["data", "pull"], repo)
+        args = ["pull"] if tool == "dvc" else ["data", "pull"]
+        out[tool] = run(tool, args, repo, bench="pull")
         _check_same(many, repo / "many")
     return out
 
@@ -251,27 +264,31 @@ def markdown(result: dict[str, Any]) -> str:
         "push": "`push` the 20,000 files to a local-folder remote",
         "pull": "`pull` them back (empty store, data deleted)",
     }
-    lines = ["| benchmark | DVC | Keel | Keel is | goal | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | DVC | Keel | Keel is | goal | met | CPU s, DVC / Keel |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, label in labels.items():
         row = result["benchmarks"].get(key)
         if not row:
             continue
         ratio = row["dvc"] / row["keel"]
         met = "yes" if ratio >= GOALS[key] else "**no**"
+        cpu = f"{row.get('dvc_cpu', 0):.2f} / {row.get('keel_cpu', 0):.2f}"
         lines.append(
             f"| {label} | {row['dvc']:.2f} s | {row['keel']:.2f} s | {ratio:.1f}× faster "
-            f"| ≥ {GOALS[key]:g}× | {met} |"
+            f"| ≥ {GOALS[key]:g}× | {met} | {cpu} |"
         )
     big = result["benchmarks"].get("big")
     if big and "blake3_floor" in big:
         lines.append(
             f"| `add` 1 GiB vs the BLAKE3 floor ({big['blake3_floor']:.2f} s, 1 thread) | | "
             f"{big['keel']:.2f} s | {big['keel'] / big['blake3_floor']:.1f}× the floor | "
-            f"≤ 2× | {'yes' if big['keel'] <= 2 * big['blake3_floor'] else '**no**'} |"
+            f"≤ 2× | {'yes' if big['keel'] <= 2 * big['blake3_floor'] else '**no**'} | |"
         )
         lines.append(
             f"| durable write of 1 GiB on this disk (copy + fsync) | | "
-            f"{big['durable_write_floor']:.2f} s | | | |"
+            f"{big['durable_write_floor']:.2f} s | | | | |"
         )
     return "\n".join(lines)
 
@@ -280,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=list(GOALS), help="repeatable")
     parser.add_argument("--reps", type=int, default=1, help="repetitions of the 1 GiB add")
+    parser.add_argument("--report", type=Path, help="print the table of a saved results JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return
     only = set(args.only or GOALS)
     if {"status", "push", "pull"} & only:
         only.add("many")  # they run on the repository that add made
@@ -314,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         benches["pull"] = bench_pull(many)
         print("pull", benches["pull"], flush=True)
     result["load_end"] = os.getloadavg()
+    for (tool, bench), cpus in CPU.items():
+        benches[bench][f"{tool}_cpu"] = statistics.median(cpus)
     RESULTS.mkdir(exist_ok=True)
     name = "data-" + datetime.now(UTC).strftime("%Y-%m-%d") + ("-" + "-".join(sorted(only))
                                                                if args.only else "")  # fmt: skip
