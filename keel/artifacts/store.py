@@ -234,7 +234,7 @@ class ArtifactStore:
         final = self._object_path(digest)
         if self._stored_size(final) != len(data):
             self._write_new(data, final)
-        return Blob.model_construct(digest=digest, size=len(data))  # a digest we just made
+        return Blob(digest=digest, size=len(data))
 
     def _write_new(self, data: bytes, final: str) -> None:
         """Write bytes already hashed to ``final`` through a temp file."""
@@ -491,7 +491,7 @@ class ArtifactStore:
         """
         try:
             for digest, size in self._backend.objects():
-                yield Blob.model_construct(digest=digest, size=size)  # names checked by the walk
+                yield Blob(digest=digest, size=size)
         except OSError as error:
             raise StorageError(
                 f"cannot list the artifact store {self.url}: {error.strerror or error}",
