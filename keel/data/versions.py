@@ -359,7 +359,7 @@ def get_version(ref: str | DatasetVersion, *, settings: Settings | None = None) 
         3
     """
     name, number = _ref(ref)
-    with _version_store(_resolve(settings, _active_run())) as versions:
+    with _version_store(_for_reading(settings)) as versions:
         return versions.get_version(name, number)
 
 
@@ -384,7 +384,7 @@ def list_versions(name: str, *, settings: Settings | None = None) -> list[Datase
         [2, 1]
     """
     _check_name(name)
-    with _version_store(_resolve(settings, _active_run())) as versions:
+    with _version_store(_for_reading(settings)) as versions:
         return versions.list_versions(name)
 
 
@@ -395,7 +395,7 @@ def list_datasets(*, settings: Settings | None = None) -> list[DatasetSummary]:
         >>> [d.name for d in list_datasets()]  # doctest: +SKIP
         ['diabetes', 'images']
     """
-    with _version_store(_resolve(settings, _active_run())) as versions:
+    with _version_store(_for_reading(settings)) as versions:
         return versions.list_datasets()
 
 
@@ -495,7 +495,7 @@ def lineage(ref: str | DatasetVersion, *, settings: Settings | None = None) -> L
         ['5f0c...']
     """
     name, number = _ref(ref)
-    with _version_store(_resolve(settings, _active_run())) as versions:
+    with _version_store(_for_reading(settings)) as versions:
         return versions.lineage(name, number)
 
 
@@ -619,6 +619,14 @@ def _active_run() -> tuple[str, Settings] | None:
         if found is not None:
             return found
     return None
+
+
+def _for_reading(settings: Settings | None) -> Settings:
+    """The settings to read with: those given, else the active run's, else ``Settings()``."""
+    if settings is None:
+        run = _active_run()
+        settings = run[1] if run is not None else Settings()
+    return _resolve(settings, None)
 
 
 def _resolve(settings: Settings | None, run: tuple[str, Settings] | None) -> Settings:

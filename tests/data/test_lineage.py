@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import keel
-from keel.data.versions import lineage, load, log_dataset, log_input
+from keel.data.versions import lineage, list_versions, load, log_dataset, log_input
 from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
 
@@ -97,8 +97,13 @@ def test_an_active_run_in_another_database_is_refused(
     settings: Settings, table: str, tmp_path: Path
 ) -> None:
     elsewhere = Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}")
-    with keel.start_run() as run, pytest.raises(InvalidInput, match=run.run_id):
-        load(table, settings=elsewhere)
+    with keel.start_run() as run:
+        with pytest.raises(InvalidInput, match=run.run_id):
+            load(table, settings=elsewhere)
+        # reading another database's versions records nothing, so it is allowed
+        with pytest.raises(NotFound, match="none is logged yet"):
+            list_versions("diabetes", settings=elsewhere)
+        assert lineage(table).version.ref == table
 
 
 def test_inputs_of_unknown_runs_and_versions(settings: Settings, table: str) -> None:
