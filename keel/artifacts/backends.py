@@ -34,12 +34,16 @@ class LocalBackend:
         self._made_dirs: set[str] = set()
         self._batches = 0  # open batch() blocks: while > 0, writes skip their fsyncs
         self._batch_lock = threading.Lock()
+        self._unsynced = 0  # objects whose data a batch has not flushed yet
+        self._unsynced_dirs: set[str] = set()  # folders whose new entries it has not flushed
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into another process (a pool worker): it starts outside any batch.
         state = self.__dict__.copy()
         del state["_batch_lock"]
         state["_batches"] = 0
+        state["_unsynced"] = 0
+        state["_unsynced_dirs"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -55,10 +59,23 @@ class LocalBackend:
             self._batches += 1
 
     def end_batch(self, *, durable: bool) -> None:
-        """Close one batch; with ``durable``, flush everything written to disk first."""
+        """Close one batch; with ``durable``, flush what batches left unflushed first.
+
+        Small objects written in a batch are flushed all at once by :meth:`sync_all`. Large
+        ones were flushed as they were written (one fsync is nothing beside megabytes), so a
+        batch of only those fsyncs just the folders that got new entries, and does not make
+        the whole filesystem flush what other programs wrote.
+        """
         try:
             if durable and self.fsync:
-                self.sync_all()
+                with self._batch_lock:
+                    unsynced, self._unsynced = self._unsynced, 0
+                    folders, self._unsynced_dirs = self._unsynced_dirs, set()
+                if unsynced:
+                    self.sync_all()
+                else:
+                    for folder in sorted(folders):
+                        _fsync_dir(folder)
         finally:
             with self._batch_lock:
                 self._batches -= 1
@@ -123,24 +140,27 @@ class LocalBackend:
         return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
 
     def finish_temp_fd(self, fd: int) -> None:
-        if self._sync_each:
+        """Flush a large object's data now, even in a batch (see :meth:`end_batch`)."""
+        if self.fsync:
             os.fsync(fd)
 
     def finish_temp(self, out: Any) -> None:
         if self._sync_each:
             out.flush()
             os.fsync(out.fileno())
+        elif self.fsync:
+            with self._batch_lock:
+                self._unsynced += 1
 
     def commit(self, tmp: str, final: str) -> None:
         parent = os.path.dirname(final)
         self._makedirs(parent)
         os.replace(tmp, final)
-        if self._sync_each and hasattr(os, "O_DIRECTORY"):
-            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self._sync_each:
+            _fsync_dir(parent)
+        elif self.fsync:
+            with self._batch_lock:
+                self._unsynced_dirs.add(parent)
 
     def discard(self, tmp: str) -> None:
         with suppress(OSError):
@@ -321,6 +341,17 @@ class FsspecBackend:
             return sorted(self.fs.glob(f"{self.root}/quarantine/{prefix}*"))
         except Exception:
             return []
+
+
+def _fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a new name in it) to disk, where folders can be opened."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _syncfs(fd: int) -> int:
