@@ -2,7 +2,7 @@
 
 Profiling and validation both make one pass over :func:`scan_table`'s batches, so memory stays
 bounded by the batch size whatever the table's size. CSV column types are inferred by pyarrow
-from the first block; a later value that does not fit (``abc`` in a column of integers) makes
+from the first 1 MB; a later value that does not fit (``abc`` in a column of integers) makes
 the scan start again with that column widened (integer -> double -> string), and the widening
 is reported so the caller can say so. Malformed input raises :class:`~keel.errors.InvalidInput`
 naming the file and the line or reason.
@@ -30,6 +30,8 @@ TableFormat = Literal["csv", "parquet", "dataframe"]
 
 #: bytes of CSV text parsed per batch (pyarrow infers column types from the first block)
 CSV_BLOCK_BYTES = 8 << 20
+#: pyarrow parses each piece in blocks of this size on its threads (types from the first one)
+_PARSE_BLOCK_BYTES = 1 << 20
 #: rows of a Parquet file or a DataFrame per batch
 FRAME_SLICE_ROWS = 65_536
 _CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".csv.bz2", ".csv.zst")
@@ -197,26 +199,23 @@ def _scan_csv(
 ) -> tuple[V, TableScan]:
     """Scan a CSV, starting over with a column widened each time a value does not fit it."""
     import pyarrow as pa
-    import pyarrow.csv as csv
 
     forced: dict[str, pa.DataType] = {}
     scan = TableScan(format="csv", source=str(path))
-    if path.stat().st_size == 0:
-        return visitor_factory(pa.schema([])), scan
-    names: list[str] = []
     while True:
         rows = 0
+        names: list[str] = []
         try:
-            reader = csv.open_csv(
-                path,
-                read_options=csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                convert_options=csv.ConvertOptions(column_types=forced),
-            )
-            names = reader.schema.names
-            visitor = visitor_factory(reader.schema)
-            for batch in reader:
-                visit(visitor, batch)
-                rows += batch.num_rows
+            visitor = None
+            for table in _csv_tables(path, forced):
+                if visitor is None:
+                    names = table.schema.names
+                    visitor = visitor_factory(table.schema)
+                for batch in table.to_batches():
+                    visit(visitor, batch)
+                rows += table.num_rows
+            if visitor is None:  # an empty file
+                visitor = visitor_factory(pa.schema([]))
             return visitor, scan
         except pa.ArrowInvalid as error:
             message = _first_line(error)
@@ -232,6 +231,82 @@ def _scan_csv(
                 f"inferred {match.group(2)} from the first rows, but a later value "
                 f"{match.group(3)!r} is not; read as {wider}"
             )
+
+
+def _csv_tables(path: Path, forced: dict[str, pa.DataType]) -> Iterator[pa.Table]:
+    """The CSV's rows, about CSV_BLOCK_BYTES of text at a time, each parsed on its own.
+
+    pyarrow's own streaming reader (``open_csv``) reads ahead of its consumer without bound
+    (peak memory grew with the file), so the text is cut here at record boundaries (a newline
+    after an even number of quote characters) and each piece is parsed with ``read_csv``, the
+    header line prepended, in 1 MB blocks on pyarrow's threads. The types pyarrow infers from
+    the first block are imposed on the rest.
+    Compressed files (``.gz``, ``.bz2``, ``.zst``) are decompressed as they are read.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as csv
+
+    name = path.name.lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".zst")
+    parse = csv.ParseOptions(delimiter="\t" if name.endswith(".tsv") else ",")
+    types = dict(forced)
+    header: bytes | None = None
+    pending = b""
+    yielded = False
+    with pa.input_stream(str(path)) as stream:
+        while True:
+            data = stream.read(CSV_BLOCK_BYTES)
+            buffer = pending + data
+            if not data:  # the end: what is left is the last piece
+                body, pending = buffer, b""
+            else:
+                cut = _record_end(buffer, last=header is not None)
+                if cut == -1:
+                    pending = buffer
+                    continue
+                body, pending = buffer[:cut], buffer[cut:]
+            if header is None:
+                header, body = body, b""
+                if not header.strip():
+                    return
+                if not header.endswith(b"\n"):
+                    header += b"\n"
+            if body.strip() or (not data and not yielded):
+                text = header + body
+                table = csv.read_csv(
+                    pa.py_buffer(text),
+                    read_options=csv.ReadOptions(block_size=_PARSE_BLOCK_BYTES),
+                    parse_options=parse,
+                    convert_options=csv.ConvertOptions(column_types=types),
+                )
+                types = {f.name: f.type for f in table.schema}
+                yielded = True
+                yield table
+            if not data:
+                return
+
+
+def _record_end(buffer: bytes, *, last: bool) -> int:
+    """Just past the last (or, ``last=False``, the first) newline that ends a CSV record.
+
+    A newline ends a record when an even number of quote characters precede it (a quoted
+    field may hold newlines; a quote inside one is doubled). -1 when there is none.
+    """
+    if not last:
+        position = buffer.find(b"\n")
+        while position != -1:
+            if buffer.count(b'"', 0, position) % 2 == 0:
+                return position + 1
+            position = buffer.find(b"\n", position + 1)
+        return -1
+    position = buffer.rfind(b"\n")
+    quotes = buffer.count(b'"', 0, position) if position != -1 else 0
+    while position != -1:
+        if quotes % 2 == 0:
+            return position + 1
+        previous = buffer.rfind(b"\n", 0, position)
+        quotes -= buffer.count(b'"', previous + 1, position)
+        position = previous
+    return -1
 
 
 def _wider(type_name: str) -> pa.DataType:
