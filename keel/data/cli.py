@@ -60,7 +60,8 @@ def add(paths: tuple[str, ...], name: str | None) -> None:
     The content goes into the Keel store, PATH.keel (commit it to git) names it by its BLAKE3
     hash, and /PATH is added to the .gitignore beside PATH. Adding unchanged data again does
     nothing and reads nothing. With --name, the content also becomes a version of a named
-    dataset (the same as an unchanged latest version), profiled if a CSV or Parquet file.
+    dataset (the same as an unchanged latest version), profiled if a CSV or Parquet file;
+    the pointer keeps the name, so adding changed content later records the next version.
 
     \b
     Example:
@@ -86,14 +87,18 @@ def add(paths: tuple[str, ...], name: str | None) -> None:
             click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
         else:
             click.echo(f"{result.path} is unchanged ({what}); {result.pointer_path} kept")
-    if name is not None:
+    for i, result in enumerate(results):
+        # --name, or a named pointer whose content changed: the next version of that name
+        dataset = name or (result.pointer.name if result.changed else None)
+        if dataset is None:
+            continue
         from keel.data.versions import log_pointer
 
-        before = results[0].pointer
-        version = log_pointer(paths[0], name)
-        click.echo(f"Recorded {results[0].path} as dataset version {version.ref}")
-        if (before.name, before.version) != (name, str(version.version)):
-            results[0] = results[0].model_copy(update={"changed": True})
+        before = result.pointer
+        version = log_pointer(paths[i], dataset)
+        click.echo(f"Recorded {result.path} as dataset version {version.ref}")
+        if (before.name, before.version) != (dataset, str(version.version)):
+            results[i] = result.model_copy(update={"changed": True})
     to_commit = [r.pointer_path for r in results if r.changed]
     for result in results:
         gitignore = (PurePosixPath(result.path).parent / ".gitignore").as_posix()

@@ -48,15 +48,25 @@ def test_add_with_name_records_versions_and_writes_them_into_the_pointer(
     assert (pointer.name, pointer.version) == ("diabetes", "2")
     assert "git add train.csv.keel" in third.output
 
+    # the pointer keeps the name: a changed file added without --name is the next version
+    _table(data, rows=320)
+    fourth = run_main(cli, ["data", "add", "train.csv"])
+    assert fourth.exit_code == 0 and "diabetes@3" in fourth.output, fourth.output
+    pointer = parse_pointer((tmp_path / "train.csv.keel").read_text(), source="p")
+    assert (pointer.name, pointer.version) == ("diabetes", "3")
+    unchanged = run_main(cli, ["data", "add", "train.csv"])
+    assert "Recorded" not in unchanged.output
+
     listed = run_main(cli, ["data", "versions", "diabetes", "--json"])
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert [(r["version"], r["rows"], r["format"]) for r in rows] == [
+        (3, 320, "csv"),
         (2, 310, "csv"),
         (1, 300, "csv"),
     ]
     assert rows[0]["digest"] == pointer.hash and rows[0]["source"] == str(data)
-    assert pd.read_csv(data).equals(load("diabetes@2"))
+    assert pd.read_csv(data).equals(load("diabetes@3"))
 
 
 def test_versions_lists_a_dataset_and_every_dataset(
