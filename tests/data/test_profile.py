@@ -343,3 +343,30 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     added = large.stat().st_size - small.stat().st_size
     assert added > 30_000_000
     assert growth < 0.25 * added, (peaks, added)
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+def test_csv_pieces_cut_only_between_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Quoted fields holding newlines and doubled quotes survive any piece size."""
+    monkeypatch.setattr(table_io, "CSV_BLOCK_BYTES", block)
+    notes = [f'line {i}\nsays "hi"' if i % 3 == 0 else f"plain {i}" for i in range(200)]
+    frame = pd.DataFrame({"id": range(200), "note": notes})
+    path = tmp_path / "quoted.csv"
+    frame.to_csv(path, index=False)
+    profile = profile_table(path)
+    note = profile.column("note")
+    assert profile.rows == 200 and note is not None and note.distinct == 200
+    assert profile.column("id").max == 199  # type: ignore[union-attr]
+    assert note.min == min(notes) and note.max == max(notes)
+
+
+def test_tsv_and_gzip(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    frame.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    frame.to_csv(tmp_path / "t.csv.gz", index=False, compression="gzip")
+    for name in ("t.tsv", "t.csv.gz"):
+        profile = profile_table(tmp_path / name)
+        assert profile.rows == 3 and [c.name for c in profile.columns] == ["a", "b"], name
+        assert profile.column("a").mean == 2.0  # type: ignore[union-attr]
