@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -26,6 +28,9 @@ __all__ = [
     "run_git",
     "toplevel",
 ]
+
+
+_SUFFIX = POINTER_SUFFIX.encode()
 
 
 class CommittedPointer(NamedTuple):
@@ -121,32 +126,42 @@ def committed_pointers(repo: Path) -> Iterator[CommittedPointer]:
     format_ = run_git(["rev-parse", "--show-object-format"], cwd=repo)
     oid_size = 32 if format_.stdout.strip() == b"sha256" else 20
     with _CatFile(repo) as cat:
+        # breadth first, one batch of trees per level: a few round trips to git in all
         trees_seen: set[bytes] = set()
         pointers: dict[bytes, tuple[bytes, str]] = {}  # blob -> (commit, path)
-        for root, commit in roots.items():
-            stack = [(root, "")]
-            while stack:
-                tree, prefix = stack.pop()
-                if tree in trees_seen:
-                    continue
-                trees_seen.add(tree)
-                for mode, name, oid in _tree_entries(cat.read(tree), oid_size):
-                    path = prefix + name
+        level = [(tree, "", commit) for tree, commit in roots.items()]
+        while level:
+            todo = []
+            for tree, prefix, commit in level:
+                if tree not in trees_seen:
+                    trees_seen.add(tree)
+                    todo.append((tree, prefix, commit))
+            level = []
+            contents = cat.read_many([tree for tree, _, _ in todo])
+            for (_, prefix, commit), data in zip(todo, contents, strict=True):
+                for mode, name, oid in _tree_entries(data, oid_size):
                     if mode == b"40000":
-                        stack.append((oid.hex().encode(), path + "/"))
-                    elif mode.startswith(b"100") and name.endswith(POINTER_SUFFIX):
+                        path = f"{prefix}{os.fsdecode(name)}/"
+                        level.append((oid.hex().encode(), path, commit))
+                    elif mode.startswith(b"100") and name.endswith(_SUFFIX):
+                        path = prefix + os.fsdecode(name)
                         pointers.setdefault(oid.hex().encode(), (commit, path))
-        for blob, (commit, path) in pointers.items():
-            yield CommittedPointer(commit.decode(), path, cat.read(blob))
+        blobs = list(pointers.items())
+        for (_, (commit, path)), content in zip(
+            blobs, cat.read_many([blob for blob, _ in blobs]), strict=True
+        ):
+            yield CommittedPointer(commit.decode(), path, content)
 
 
-def _tree_entries(data: bytes, oid_size: int) -> Iterator[tuple[bytes, str, bytes]]:
+def _tree_entries(data: bytes, oid_size: int) -> Iterator[tuple[bytes, bytes, bytes]]:
     """(mode, name, binary oid) of each entry of a raw tree object."""
     at = 0
-    while at < len(data):
-        space = data.index(b" ", at)
-        nul = data.index(b"\0", space)
-        yield data[at:space], os.fsdecode(data[space + 1 : nul]), data[nul + 1 : nul + 1 + oid_size]
+    end = len(data)
+    index = data.index
+    while at < end:
+        space = index(b" ", at)
+        nul = index(b"\0", space)
+        yield data[at:space], data[space + 1 : nul], data[nul + 1 : nul + 1 + oid_size]
         at = nul + 1 + oid_size
 
 
@@ -176,9 +191,25 @@ class _CatFile:
         self._process.wait()
         self._out.close()
 
-    def read(self, oid: bytes) -> bytes:
-        self._in.write(oid + b"\n")
-        self._in.flush()
+    def read_many(self, oids: list[bytes]) -> list[bytes]:
+        """The content of each object, in order. The names are written by a thread while
+        this one reads, so neither side's pipe buffer can fill up and stall the other."""
+        if not oids:
+            return []
+
+        def write() -> None:
+            with suppress(BrokenPipeError):
+                self._in.write(b"".join(oid + b"\n" for oid in oids))
+                self._in.flush()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            return [self._read_one(oid) for oid in oids]
+        finally:
+            writer.join()
+
+    def _read_one(self, oid: bytes) -> bytes:
         header = self._out.readline()
         parts = header.split()
         if len(parts) != 3:
