@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from keel.artifacts import ArtifactStore
+from keel.artifacts import ArtifactStore, BlobReader
 from keel.data.api import checkout as checkout_paths
 from keel.data.models import CheckoutResult, Pointer, parse_pointer
 from keel.data.remotes import Remote, get_remote, open_store
@@ -322,8 +322,8 @@ def _move(
         need = needed[digest]
         try:
             size = _copy(src, dst, digest, need.size)
-        except KeelError as error:
-            problem = _problem(digest, need.pointer, need.path, error, store=src)
+        except _SourceError as error:
+            problem = _problem(digest, need.pointer, need.path, error.error, store=src)
             with lock:
                 result.problems.append(problem)
                 done += 1
@@ -343,16 +343,49 @@ def _move(
 
 
 def _copy(src: ArtifactStore, dst: ArtifactStore, digest: str, size: int) -> int:
-    """Copy one object, checked against its digest as it is read; its size."""
+    """Copy one object, checked against its digest as it is read; its size.
+
+    What goes wrong reading ``src`` (a missing or corrupt object) is raised as
+    :class:`_SourceError`, a problem of that object; what goes wrong writing ``dst`` (a full
+    disk, no permission) is raised as is and stops the transfer.
+    """
     if 0 <= size < STREAM_MIN:
-        data = src.read_bytes(digest)
+        try:
+            data = src.read_bytes(digest)
+        except KeelError as error:
+            raise _SourceError(error) from error
         blob = dst.put_bytes(data)
     else:
-        with src.open(digest) as reader:
-            blob = dst.put_stream(reader, size_hint=reader.size)
+        try:
+            opened = src.open(digest)
+        except KeelError as error:
+            raise _SourceError(error) from error
+        with opened as reader:
+            blob = dst.put_stream(_Checked(reader), size_hint=reader.size)
     if blob.digest != digest:  # pragma: no cover - read_bytes/open check the digest
         raise StorageError(f"object {digest} changed while it was copied", digest=digest)
     return blob.size
+
+
+class _SourceError(Exception):
+    """A KeelError met reading the source store: the object is reported, the rest moves."""
+
+    def __init__(self, error: KeelError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Checked:
+    """A stream over a source object whose read errors (the digest check) are _SourceErrors."""
+
+    def __init__(self, reader: BlobReader) -> None:
+        self._reader = reader
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._reader.read(n) or b""
+        except KeelError as error:
+            raise _SourceError(error) from error
 
 
 def _present(store: ArtifactStore, needed: dict[str, _Need], *, jobs: int) -> set[str]:

@@ -22,7 +22,7 @@ from keel.artifacts import ArtifactStore
 from keel.data import add, status
 from keel.data.remotes import add_remote, get_remote, open_store
 from keel.data.transfer import IncompleteTransfer, pull, push
-from keel.errors import InvalidInput, NotFound
+from keel.errors import InvalidInput, NotFound, StorageError
 from keel.settings import Settings
 from tests.conftest import run_main
 
@@ -376,3 +376,42 @@ def _pointer_hash(pointer: Path) -> str:
     import yaml
 
     return str(yaml.safe_load(pointer.read_text())["hash"])
+
+
+def test_large_objects_stream_and_are_checked(home: Path, tmp_path: Path) -> None:
+    big = os.urandom(9 << 20)  # above STREAM_MIN: streamed, not read whole
+    _write(tmp_path / "big.bin", big)
+    add(["big.bin"])
+    url, remote_root = _remote_dir(tmp_path)
+    add_remote("origin", url)
+    assert push().transferred_bytes == len(big)
+    (tmp_path / "big.bin").unlink()
+    shutil.rmtree(home / "artifacts")
+    assert pull().transferred_bytes == len(big)
+    assert (tmp_path / "big.bin").read_bytes() == big
+
+    digest = _pointer_hash(tmp_path / "big.bin.keel")
+    bad = Path(ArtifactStore(remote_root).path_of(digest) or "")
+    bad.chmod(0o644)
+    with open(bad, "r+b") as out:
+        out.seek(5 << 20)
+        out.write(b"X")
+    (tmp_path / "big.bin").unlink()
+    shutil.rmtree(home / "artifacts")
+    with pytest.raises(IncompleteTransfer) as raised:
+        pull()
+    assert raised.value.result.problems[0].reason == "corrupt"
+    assert not ArtifactStore(home / "artifacts").exists(digest)
+    assert not list((home / "artifacts").rglob("*.part"))  # the partial copy was discarded
+
+
+def test_a_remote_that_cannot_be_written_stops_the_push(home: Path, tmp_path: Path) -> None:
+    _make_data(tmp_path)
+    add(["images", "table.csv"])
+    url, remote_root = _remote_dir(tmp_path)
+    remote_root.mkdir()
+    (remote_root / "objects").write_text("not a folder")
+    add_remote("origin", url)
+    with pytest.raises(StorageError, match="cannot write to the artifact store") as raised:
+        push()
+    assert not isinstance(raised.value, IncompleteTransfer)
