@@ -23,7 +23,6 @@ than write to a local database the server never sees.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -593,6 +592,8 @@ def _remove(path: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
+    import fcntl  # POSIX; imported here so that importing keel.data works everywhere
+
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
