@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -54,7 +56,10 @@ def validate(
     """
     from keel.data.validate import validate as run_validation
 
-    report = run_validation(path, against=against, rules=rules, format=format_)
+    with _progress(f"Validating {path}") as advance:
+        report = run_validation(
+            path, against=against, rules=rules, format=format_, progress=advance
+        )
     if as_json:
         body = report.model_dump(mode="json")
         body["passed"] = report.passed
@@ -63,6 +68,23 @@ def validate(
         _print(report, show_all=show_all)
     if not report.passed:
         sys.exit(1)
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[float], None] | None]:
+    """A rich progress bar on stderr while the table is read, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+    columns = (BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(
+        "{task.description}", *columns, console=Console(stderr=True), transient=True
+    ) as bar:
+        task = bar.add_task(label, total=1.0)
+        yield lambda share: bar.update(task, completed=share)
 
 
 def _print(report, *, show_all: bool) -> None:  # type: ignore[no-untyped-def]

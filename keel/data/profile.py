@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from keel.data.profile_models import ColumnDiff, ColumnProfile, ProfileDiff, TableProfile
@@ -60,7 +61,10 @@ class _Profiler:
 
 
 def profile_table(
-    source: str | os.PathLike[str] | Any, *, format: str | None = None
+    source: str | os.PathLike[str] | Any,
+    *,
+    format: str | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> TableProfile:
     """The schema and profile of a CSV file, a Parquet file or a pandas DataFrame.
 
@@ -73,6 +77,7 @@ def profile_table(
         source: a path to a ``.csv`` (also ``.csv.gz``, ``.tsv``) or ``.parquet`` file, or a
             pandas DataFrame.
         format: ``csv``, ``parquet`` or ``dataframe`` when the suffix does not tell.
+        progress: called after each batch with the share of the table read (0..1).
 
     Returns:
         The table's profile: row count and one :class:`ColumnProfile` per column.
@@ -88,7 +93,9 @@ def profile_table(
     """
     from keel.data.table_io import scan_table
 
-    profiler, scan = scan_table(source, _Profiler, _Profiler.update, format=format)
+    profiler, scan = scan_table(
+        source, _Profiler, _Profiler.update, format=format, progress=progress
+    )
     columns = []
     for stats in profiler.columns:
         column = stats.result()

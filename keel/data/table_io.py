@@ -58,6 +58,7 @@ def scan_table(
     visit: Callable[[V, pa.RecordBatch], None],
     *,
     format: str | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[V, TableScan]:
     """Feed every record batch of ``source`` to a visitor, in one pass (restarted on widening).
 
@@ -68,6 +69,8 @@ def scan_table(
         visit: called with the visitor and each batch, in order.
         format: ``csv``, ``parquet`` or ``dataframe``; by default from the suffix, then the
             file's first bytes.
+        progress: called after each batch with the share of the table read so far (0..1;
+            not called for a compressed CSV, whose size is unknown).
 
     Returns:
         The visitor after the last batch, and what the scan read.
@@ -84,21 +87,31 @@ def scan_table(
     if kind == "dataframe":
         scan = TableScan(format="dataframe", source="DataFrame")
         schema, batches = _frame_batches(source, scan)
-        visitor = visitor_factory(schema)
-        for batch in batches:
-            visit(visitor, batch)
-        return visitor, scan
+        return _visit_all(visitor_factory(schema), visit, batches, len(source), progress), scan
     path = Path(os.fspath(source))
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist or is not a file", path=str(path))
     if kind == "parquet":
         scan = TableScan(format="parquet", source=str(path))
-        schema, batches = _parquet_batches(path)
-        visitor = visitor_factory(schema)
-        for batch in batches:
-            visit(visitor, batch)
-        return visitor, scan
-    return _scan_csv(path, visitor_factory, visit)
+        schema, batches, rows = _parquet_batches(path)
+        return _visit_all(visitor_factory(schema), visit, batches, rows, progress), scan
+    return _scan_csv(path, visitor_factory, visit, progress)
+
+
+def _visit_all(
+    visitor: V,
+    visit: Callable[[V, pa.RecordBatch], None],
+    batches: Iterator[pa.RecordBatch],
+    rows: int,
+    progress: Callable[[float], None] | None,
+) -> V:
+    done = 0
+    for batch in batches:
+        visit(visitor, batch)
+        done += batch.num_rows
+        if progress is not None and rows:
+            progress(min(done / rows, 1.0))
+    return visitor
 
 
 def detect_format(source: Any, format: str | None = None) -> TableFormat:
@@ -168,7 +181,7 @@ def _frame_batches(frame: Any, scan: TableScan) -> tuple[pa.Schema, Iterator[pa.
     return schema, batches()
 
 
-def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch], int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -189,13 +202,14 @@ def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         finally:
             parquet.close()
 
-    return parquet.schema_arrow, batches()
+    return parquet.schema_arrow, batches(), parquet.metadata.num_rows
 
 
 def _scan_csv(
     path: Path,
     visitor_factory: Callable[[pa.Schema], V],
     visit: Callable[[V, pa.RecordBatch], None],
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[V, TableScan]:
     """Scan a CSV, starting over with a column widened each time a value does not fit it."""
     import pyarrow as pa
@@ -207,13 +221,17 @@ def _scan_csv(
         names: list[str] = []
         try:
             visitor = None
-            for table in _csv_tables(path, forced):
+            size = 0 if path.suffix in (".gz", ".bz2", ".zst") else path.stat().st_size
+            read = [0]  # bytes of text parsed so far
+            for table in _csv_tables(path, forced, read):
                 if visitor is None:
                     names = table.schema.names
                     visitor = visitor_factory(table.schema)
                 for batch in table.to_batches():
                     visit(visitor, batch)
                 rows += table.num_rows
+                if progress is not None and size:
+                    progress(min(read[0] / size, 1.0))
             if visitor is None:  # an empty file
                 visitor = visitor_factory(pa.schema([]))
             return visitor, scan
@@ -233,7 +251,7 @@ def _scan_csv(
             )
 
 
-def _csv_tables(path: Path, forced: dict[str, pa.DataType]) -> Iterator[pa.Table]:
+def _csv_tables(path: Path, forced: dict[str, pa.DataType], read: list[int]) -> Iterator[pa.Table]:
     """The CSV's rows, about CSV_BLOCK_BYTES of text at a time, each parsed on its own.
 
     pyarrow's own streaming reader (``open_csv``) reads ahead of its consumer without bound
@@ -242,6 +260,7 @@ def _csv_tables(path: Path, forced: dict[str, pa.DataType]) -> Iterator[pa.Table
     header line prepended, in 1 MB blocks on pyarrow's threads. The types pyarrow infers from
     the first block are imposed on the rest.
     Compressed files (``.gz``, ``.bz2``, ``.zst``) are decompressed as they are read.
+    ``read[0]`` counts the bytes of text parsed (for progress).
     """
     import pyarrow as pa
     import pyarrow.csv as csv
@@ -280,6 +299,7 @@ def _csv_tables(path: Path, forced: dict[str, pa.DataType]) -> Iterator[pa.Table
                 )
                 types = {f.name: f.type for f in table.schema}
                 yielded = True
+                read[0] += len(text)
                 yield table
             if not data:
                 return

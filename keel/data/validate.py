@@ -17,6 +17,7 @@ The report lists every check with its outcome; :attr:`ValidationReport.passed` g
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -86,6 +87,7 @@ def validate(
     rules: str | os.PathLike[str] | RulesFile | None = None,
     format: str | None = None,
     settings: Settings | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> ValidationReport:
     """Check a table against rules inferred from a reference and rules from a file.
 
@@ -97,6 +99,7 @@ def validate(
         rules: a rules YAML file (see :mod:`keel.data.rules`) or a parsed :class:`RulesFile`.
         format: ``csv`` or ``parquet`` when ``source``'s suffix does not tell.
         settings: for dataset versions (the metadata database); default ``Settings()``.
+        progress: called after each batch of ``source`` with the share read (0..1).
 
     Returns:
         The report: every check, its failures with a few failing rows, and ``passed``.
@@ -121,7 +124,7 @@ def validate(
     def start(schema: pa.Schema) -> _Validator:
         return _Validator(schema, planned)
 
-    validator, scan = scan_table(source, start, _Validator.update, format=format)
+    validator, scan = scan_table(source, start, _Validator.update, format=format, progress=progress)
     return ValidationReport(
         source=scan.source,
         reference=label,
