@@ -4,10 +4,11 @@ Three tables (revision 0009): ``datasets`` (one row per name), ``dataset_version
 1, 2, 3... per name) and ``run_inputs`` (which run read which version, in what context).
 
 A new version takes the next number inside one write transaction. On SQLite that transaction
-holds the write lock (``BEGIN IMMEDIATE``), so writers queue; on PostgreSQL two writers can read
-the same latest number, and the unique constraint on (dataset, version) turns the loser's insert
-into an IntegrityError: :meth:`VersionStore.add_version` then starts over, re-reads the latest
-version (which may now be equal content, returned as it is) and takes the next number.
+holds the write lock (``BEGIN IMMEDIATE``), so writers queue; on PostgreSQL writers of one name
+queue on its ``datasets`` row (``SELECT ... FOR UPDATE``). Should two still read the same latest
+number, the unique constraint on (dataset, version) turns the loser's insert into an
+IntegrityError: :meth:`VersionStore.add_version` then starts over, re-reads the latest version
+(which may now be equal content, returned as it is) and takes the next number.
 
 This module reads the ``runs`` and ``experiments`` tables for lineage directly: keel.data may not
 import keel.tracking (an import-linter contract), and the database is the contract between them.
@@ -120,6 +121,13 @@ class VersionStore:
                 with self._write() as conn, conn.begin():
                     dataset_id = self._dataset_id(conn, name, create=True)
                     assert dataset_id is not None
+                    # PostgreSQL: writers of one name queue on its row (SQLite: the write
+                    # lock is already held); the retry below covers what slips through
+                    conn.execute(
+                        select(_ds.c.dataset_id)
+                        .where(_ds.c.dataset_id == dataset_id)
+                        .with_for_update()
+                    )
                     latest = conn.execute(
                         select(_dv)
                         .where(_dv.c.dataset_id == dataset_id)
