@@ -62,7 +62,7 @@ def gc(dry_run: bool, all_commits: bool, grace: str, as_json: bool) -> None:
     kept_bytes = size_text(report.referenced_bytes + report.young_bytes)
     click.echo(
         f"Kept {kept:,} of {report.objects:,} objects ({kept_bytes}): "
-        f"{report.referenced:,} referenced, {report.young:,} younger than {grace}."
+        f"{report.referenced:,} referenced, {report.young:,} younger than --grace {grace}."
     )
     sources = ", ".join(f"{name} {count:,}" for name, count in report.references.items())
     click.echo(f"References read: {sources}.")

@@ -104,11 +104,15 @@ class World:
         # on a branch only, not checked out
         _git(root, "checkout", "-q", "-b", "side")
         _write(root / "a.txt", "on a side branch")
-        keel.data.add(["a.txt"])
+        _write(root / "deep" / "er" / "x.csv", "in a subfolder, on a side branch")
+        keel.data.add(["a.txt", "deep/er/x.csv"])
+        _git(root, "add", "deep")
         _git(root, "commit", "-q", "-am", "side")
         _git(root, "checkout", "-q", "main")
         keel.data.checkout(["a.txt"])
         self.history_only.add(_digest(settings, "on a side branch"))
+        self.history_only.add(_digest(settings, "in a subfolder, on a side branch"))
+        assert not (root / "deep" / "er" / "x.csv.keel").exists()
         # runs: a file, a folder's files, and a folder recorded as its manifest (kind 'dir')
         client = Client(settings)
         try:
@@ -169,7 +173,7 @@ def test_each_rule_keeps_what_it_must_and_gc_frees_exactly_the_rest(world: World
     assert report.bytes_freed == sum(before.values()) - sum(after.values())
     assert report.references == {
         "working tree pointers": 2,
-        "git history pointers": 4,  # a.txt x3 contents, images once
+        "git history pointers": 5,  # a.txt x3 contents, images, deep/er/x.csv
         "runs": 3,  # model.bin, report/r.txt, and listing (a dir)
         "dataset versions": 1,
     }
@@ -269,7 +273,7 @@ def test_cli(world: World, cli: CliRunner) -> None:
     result = run_main(cli, ["data", "gc", "--dry-run"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("Would delete 4 objects, ") and lines[0].endswith("(dry run).")
+    assert lines[0].startswith("Would delete 5 objects, ") and lines[0].endswith("(dry run).")
     assert "working tree pointers 2, runs 3, dataset versions 1" in lines[2]
 
     result = run_main(cli, ["data", "gc", "--all-commits", "--json"])
