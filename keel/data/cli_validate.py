@@ -10,8 +10,12 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from keel.data.validate import ValidationReport
 
 __all__ = ["validate"]
 
@@ -87,7 +91,7 @@ def _progress(label: str) -> Iterator[Callable[[float], None] | None]:
         yield lambda share: bar.update(task, completed=share)
 
 
-def _print(report, *, show_all: bool) -> None:  # type: ignore[no-untyped-def]
+def _print(report: ValidationReport, *, show_all: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from keel.data.profile_models import ColumnDiff, ColumnProfile, ProfileDiff, TableProfile
 
@@ -157,9 +157,11 @@ def _diff_column(old: ColumnProfile, new: ColumnProfile) -> ColumnDiff:
             statistic, value = "jensen_shannon", _js_distance(p, q)
             details["psi"] = round(_psi(p, q), 6)
             shifted = value >= JS_SHIFTED
-    change = "shifted" if shifted else "unchanged"
+    change: Literal["type_changed", "shifted", "unchanged"] = "unchanged"
     if old.type != new.type:
         change = "type_changed"
+    elif shifted:
+        change = "shifted"
     return ColumnDiff(
         name=old.name,
         change=change,

@@ -46,7 +46,7 @@ __all__ = [
 EXACT_DISTINCT = 4096
 FREQUENT_FEED = 1024
 HISTOGRAM_BINS = 20
-TOP_CATEGORIES = 10
+TOP_CATEGORIES = 20
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 KLL_K = 200
 HLL_LG_K = 12
@@ -357,7 +357,7 @@ class _CategoricalStats(ColumnStats):
 
     def result(self) -> ColumnProfile:
         profile = super().result()
-        if self.low is None:
+        if self.low is None or self.high is None:
             return profile
         if self.counts is not None:
             pairs = list(self.counts.items())

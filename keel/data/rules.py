@@ -293,9 +293,11 @@ def plan_rules(reference: TableProfile | None, rules: RulesFile | None = None) -
     if extra is True:
         planned.pop((None, "columns"), None)
     elif extra is False or (None, "columns") in planned:
-        source = "rules" if extra is False else "inferred"
         planned[(None, "columns")] = Rule(
-            kind="columns", expected="no columns beyond the known ones", source=source, value=known
+            kind="columns",
+            expected="no columns beyond the known ones",
+            source="rules" if extra is False else "inferred",
+            value=known,
         )
     return list(planned.values())
 
@@ -339,15 +341,17 @@ def _inferred(reference: TableProfile, rules: RulesFile) -> list[Rule]:
             assert isinstance(column.max, float)
             span = column.max - column.min
             margin = tol.range * (span if span > 0 else max(abs(column.min), 1.0))
-            low, high = column.min - margin, column.max + margin
+            bottom: float = column.min - margin
+            top: float = column.max + margin
             if family == "integer":
-                low, high = math.floor(low), math.ceil(high)
+                bottom, top = math.floor(bottom), math.ceil(top)
             found.append(
-                Rule(kind="min", column=name, expected=f">= {low:g}", source="inferred", value=low)
-            )
+                Rule(kind="min", column=name, expected=f">= {bottom:g}", source="inferred",
+                     value=bottom)
+            )  # fmt: skip
             found.append(
-                Rule(kind="max", column=name, expected=f"<= {high:g}", source="inferred",
-                     value=high)
+                Rule(kind="max", column=name, expected=f"<= {top:g}", source="inferred",
+                     value=top)
             )  # fmt: skip
         complete = column.distinct_exact and column.top_exact and len(column.top) == column.distinct
         if (
