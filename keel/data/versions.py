@@ -531,6 +531,8 @@ def materialize(version: DatasetVersion, *, settings: Settings | None = None) ->
     with _locked(folder / ".lock"):
         if _intact(target, record, version):
             return target
+        for stale in folder.glob(".tmp-*"):  # left by a killed load; we hold the lock
+            _remove(stale)
         _write_copy(ArtifactStore(settings.artifacts_url), version, target, record)
     return target
 

@@ -135,7 +135,10 @@ def test_load_gives_a_read_only_copy_and_rewrites_it_when_edited(
 
     copy.chmod(0o644)
     copy.write_bytes(b"edited by mistake")
+    killed = copy.with_name(".tmp-0123-model-input.bin")  # what a killed load leaves
+    killed.write_bytes(b"partial")
     again = load("blob@1")
+    assert not killed.exists()
     assert again == copy and again.read_bytes() == b"\x00\x01payload"
     assert source.read_bytes() == b"\x00\x01payload"
 
