@@ -216,7 +216,7 @@ class _NumericStats(ColumnStats):
             std = math.nan
         return profile.model_copy(
             update={
-                "distinct": self.distinct.count(),
+                "distinct": min(self.distinct.count(), self.n),  # an estimate may overshoot
                 "distinct_exact": self.distinct.exact,
                 "min": self.low,
                 "max": self.high,
@@ -370,7 +370,7 @@ class _CategoricalStats(ColumnStats):
         top = [CategoryCount(value=v, count=c) for v, c in pairs[:TOP_CATEGORIES]]
         return profile.model_copy(
             update={
-                "distinct": self.distinct.count(),
+                "distinct": min(self.distinct.count(), self.count - self.nulls),
                 "distinct_exact": self.distinct.exact,
                 "min": self.low[:MAX_TEXT],
                 "max": self.high[:MAX_TEXT],

@@ -370,3 +370,13 @@ def test_tsv_and_gzip(tmp_path: Path) -> None:
         profile = profile_table(tmp_path / name)
         assert profile.rows == 3 and [c.name for c in profile.columns] == ["a", "b"], name
         assert profile.column("a").mean == 2.0  # type: ignore[union-attr]
+
+
+def test_a_distinct_estimate_never_exceeds_the_values() -> None:
+    """Just above the exact limit, every value distinct: the HLL estimate is capped at n."""
+    for seed in range(5):
+        values = np.random.default_rng(seed).random(5_000)
+        frame = pd.DataFrame({"x": values, "s": values.astype(str)})
+        for column in profile_table(frame).columns:
+            assert not column.distinct_exact
+            assert 0.95 * 5_000 <= column.distinct <= 5_000, (seed, column.name)
