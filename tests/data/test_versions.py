@@ -314,3 +314,41 @@ def test_concurrent_writers_of_equal_content_share_one_version(
     results = _race_threads([path] * 4, settings)
     assert {number for number, _ in results} == {1}
     assert [v.version for v in list_versions("shared")] == [1]
+
+
+LOADER = textwrap.dedent(
+    """
+    import sys
+    from keel.data.versions import load
+    load(sys.argv[1])
+    """
+)
+
+
+def test_a_load_killed_midway_leaves_no_copy_and_the_next_load_completes(
+    home: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "many"
+    for n in range(3000):
+        part = folder / f"d{n % 30}"
+        part.mkdir(parents=True, exist_ok=True)
+        (part / f"f{n}.txt").write_text(f"file {n}\n" * 20)
+    version = log_dataset(folder, name="many")
+    copies = home / "datasets" / version.digest
+
+    proc = subprocess.Popen([sys.executable, "-c", LOADER, "many@1"], env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    while not list(copies.glob(".tmp-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the load finished before it could be killed"
+        time.sleep(0.005)
+    time.sleep(0.05)  # some files of the copy written
+    proc.kill()
+    proc.wait()
+    assert list(copies.glob(".tmp-*"))  # killed midway: only a temp copy
+    assert not (copies / "many").exists()
+
+    copy = load("many@1")
+    assert copy == copies / "many"
+    assert len(list(copy.rglob("*.txt"))) == 3000
+    assert (copy / "d7" / "f37.txt").read_text() == "file 37\n" * 20
+    assert not list(copies.glob(".tmp-*"))
