@@ -186,7 +186,8 @@ def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch], i
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        # pre_buffer (the default) reads ahead of the consumer: peak memory grew with the file
+        parquet = pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowException, OSError) as error:
         raise InvalidInput(
             f"{path} is not a valid Parquet file: {_first_line(error)}", path=str(path)
