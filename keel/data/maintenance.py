@@ -366,6 +366,10 @@ def _modified(store: ArtifactStore, digest: str) -> float:
 
 # -- fsck -----------------------------------------------------------------------------------
 
+_SMALL_OBJECT = 1 << 20
+"""Objects up to this size are verified from one read into memory: ArtifactStore.verify sets
+up a 1 MiB buffer per object, which made it 0.8 ms a small object against 0.25 ms."""
+
 ProblemKind = Literal["corrupt", "quarantined", "missing", "bad_pointer", "bad_manifest"]
 
 
@@ -448,7 +452,10 @@ def fsck(
 
     def verify(blob: Blob) -> FsckProblem | None:
         try:
-            store.verify(blob.digest)
+            if blob.size <= _SMALL_OBJECT:
+                store.read_bytes(blob.digest)  # checks and quarantines as verify does, 3x faster
+            else:
+                store.verify(blob.digest)
         except NotFound:
             return None  # deleted since the listing (a gc)
         except KeelError as error:
