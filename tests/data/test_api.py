@@ -265,3 +265,13 @@ def test_concurrent_adds_of_different_paths(home: Path, tmp_path: Path) -> None:
     assert sorted(lines) == [f"/set{i}" for i in range(6)]
     assert all(s.up_to_date for s in status())
     assert len(status()) == 6
+
+
+def test_add_reports_progress_for_the_files_it_reads(tree: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    add(["images"], progress=lambda done, total: calls.append((done, total)))
+    assert sorted(calls) == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    calls.clear()
+    add(["images"], progress=lambda done, total: calls.append((done, total)))
+    assert calls == []  # nothing read: the stat cache answered
