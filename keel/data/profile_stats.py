@@ -336,7 +336,8 @@ class _CategoricalStats(ColumnStats):
         values = tallies.field("values").to_pylist()
         counts = tallies.field("counts").to_pylist()
         self.distinct.update(values)
-        low, high = min(values), max(values)
+        bounds = pc.min_max(array)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
         self.low = low if self.low is None or low < self.low else self.low
         self.high = high if self.high is None or high > self.high else self.high
         if self.counts is not None:

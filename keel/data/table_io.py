@@ -290,7 +290,7 @@ def _csv_tables(path: Path, forced: dict[str, pa.DataType], read: list[int]) -> 
                     return
                 if not header.endswith(b"\n"):
                     header += b"\n"
-            if body.strip() or (not data and not yielded):
+            if body or (not data and not yielded):  # (blank lines parse to no rows)
                 text = header + body
                 table = csv.read_csv(
                     pa.py_buffer(text),
