@@ -200,8 +200,8 @@ class _Validator:
                         value_rules.setdefault(str(column), []).append(rule)
                     else:
                         self.aggregate.append(rule)
-                elif (column, "present") not in {(r.column, r.kind) for r in rules}:
-                    self._fail(result, 1, "the column is missing")
+                # else: its `present` rule fails, or it may be absent (`required: false`,
+                # or inference of columns off): nothing to check
             else:  # rows: at the end
                 self.aggregate.append(rule)
         self.checks: dict[str, list[Rule]] = {}  # column -> its pandera checks, in order

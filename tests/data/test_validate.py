@@ -256,3 +256,19 @@ def test_plan_rules_widens_ranges_by_the_tolerance() -> None:
     tight = plan_rules(profile, parse_rules("tolerances: {range: 0}\ninfer: {rows: false}"))
     keyed = {(r.column, r.kind): r for r in tight}
     assert keyed[("x", "max")].value == 10.0 and (None, "rows") not in keyed
+
+
+def test_without_column_inference_a_missing_column_is_fine(tmp_path: Path) -> None:
+    ref = _reference()
+    new = _reference(300, seed=4).drop(columns=["bmi"]).assign(age=lambda f: f.age.clip(18, 89))
+    assert {(c.column, c.kind) for c in validate(new, against=profile_table(ref)).failed} == {
+        ("bmi", "present")
+    }
+    rules = parse_rules("infer: {columns: false}")
+    assert validate(new, against=profile_table(ref), rules=rules).passed
+    # a column the rules file names must be there unless required: false
+    rules = parse_rules("infer: {columns: false}\ncolumns:\n  bmi: {max: 50}\n")
+    failed = validate(new, against=profile_table(ref), rules=rules).failed
+    assert [(c.column, c.kind, c.actual) for c in failed] == [("bmi", "present", "missing")]
+    rules = parse_rules("infer: {columns: false}\ncolumns:\n  bmi: {max: 50, required: false}\n")
+    assert validate(new, against=profile_table(ref), rules=rules).passed
