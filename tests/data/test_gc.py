@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 import keel.data
 from keel.artifacts import ArtifactStore
+from keel.data.maintenance import Reference, collect_garbage, fsck
 from keel.data.versions import get_version, log_dataset, materialize
 from keel.errors import Conflict, InvalidInput, NotFound
 from keel.gc import gc, parse_duration
@@ -283,3 +285,37 @@ def test_cli(world: World, cli: CliRunner) -> None:
     result = run_main(cli, ["data", "gc", "--grace", "soon"])
     assert result.exit_code == 1 and result.output.startswith("Error: not a duration: 'soon'")
     assert "Traceback" not in result.output
+
+
+def test_a_store_that_does_not_report_ages(home: Path) -> None:
+    store = ArtifactStore(f"memory://gc-{os.getpid()}-{time.time_ns()}")
+    kept = store.put_bytes(b"kept")
+    store.put_bytes(b"unreferenced")
+    sources = {"pointers": lambda: [Reference(kept.digest, False, "a pointer")]}
+    with pytest.raises(InvalidInput, match="run gc with --grace 0"):
+        collect_garbage(store, sources, grace=HOUR)
+    report = collect_garbage(store, sources, grace=0)
+    assert (report.deleted, report.bytes_freed) == (1, len(b"unreferenced"))
+    assert [blob.digest for blob in store.iter_objects()] == [kept.digest]
+
+
+def test_gc_while_an_add_runs_keeps_what_the_add_writes(home: Path, tmp_path: Path) -> None:
+    for i in range(1500):
+        _write(tmp_path / "big" / f"{i % 30}" / f"{i}.txt", f"file {i} " * 50)
+    add = subprocess.Popen(
+        [sys.executable, "-m", "keel", "data", "add", "big"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    runs = 0
+    while add.poll() is None or runs == 0:
+        gc()  # the default grace period: objects the add wrote are minutes old at most
+        runs += 1
+    assert add.wait() == 0, add.stdout.read() if add.stdout else ""
+    gc()
+    [status] = keel.data.status(["big"])
+    assert status.up_to_date
+    report = fsck(ArtifactStore(Settings().artifacts_url), tmp_path)
+    assert report.ok, report.problems[:3]
+    assert report.objects == 1501  # every file and the manifest
