@@ -158,6 +158,12 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_duration(text: str) -> float:
     """``90s``, ``15m``, ``1h``, ``7d``, ``2w`` or plain seconds -> seconds.
 
+    Args:
+        text: the duration as typed.
+
+    Returns:
+        Seconds.
+
     Raises:
         InvalidInput: anything else, or a negative duration.
 

@@ -45,8 +45,19 @@ class CommittedPointer(NamedTuple):
 def run_git(args: list[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """``git ARGS`` with its output captured; it may fail (check ``returncode``).
 
+    Args:
+        args: the arguments after ``git``.
+        cwd: where to run it; default the current folder.
+
+    Returns:
+        The completed process, stdout and stderr as bytes.
+
     Raises:
         StorageError: git is not installed.
+
+    Example:
+        >>> run_git(["rev-parse", "HEAD"]).stdout  # doctest: +SKIP
+        b'a3f09b12...\n'
     """
     try:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
@@ -55,8 +66,15 @@ def run_git(args: list[str], *, cwd: Path | None = None) -> subprocess.Completed
 
 
 def toplevel(cwd: Path | None = None) -> Path | None:
-    """The root of the git working tree holding ``cwd`` (default: the current folder), or None
-    outside a git repository (or without git)."""
+    """The root of the git working tree holding ``cwd`` (default: the current folder).
+
+    Returns:
+        The root, or None outside a git repository (or when git is not installed).
+
+    Example:
+        >>> toplevel()  # doctest: +SKIP
+        PosixPath('/home/me/project')
+    """
     try:
         completed = run_git(["rev-parse", "--show-toplevel"], cwd=cwd)
     except StorageError:
@@ -69,9 +87,19 @@ def toplevel(cwd: Path | None = None) -> Path | None:
 def commit_of(revision: str) -> str:
     """The commit a revision (branch, tag, ``HEAD~2``, hash) names, as a full hash.
 
+    Args:
+        revision: anything ``git rev-parse`` takes that names a commit.
+
+    Returns:
+        The commit's full hash.
+
     Raises:
         InvalidInput: the current folder is not in a git repository.
         NotFound: no such revision.
+
+    Example:
+        >>> commit_of("HEAD~1")  # doctest: +SKIP
+        'a3f09b12c0...'
     """
     if toplevel() is None:
         raise InvalidInput(
@@ -90,8 +118,19 @@ def commit_of(revision: str) -> str:
 
 
 def read_committed(commit: str, path: str) -> bytes | None:
-    """The content of the file at ``path`` (relative to the repository root, POSIX) in
-    ``commit``, or None if there is no file there."""
+    """The content of a file as a commit holds it.
+
+    Args:
+        commit: a commit hash (or any revision).
+        path: the file, relative to the repository root, POSIX separators.
+
+    Returns:
+        Its bytes, or None when the commit has no file there.
+
+    Example:
+        >>> read_committed(commit_of("HEAD"), "images.keel")  # doctest: +SKIP
+        b'# Keel data pointer: ...'
+    """
     completed = run_git(["cat-file", "blob", f"{commit}:{path}"])
     return completed.stdout if completed.returncode == 0 else None
 
@@ -112,6 +151,10 @@ def committed_pointers(repo: Path) -> Iterator[CommittedPointer]:
 
     Raises:
         StorageError: git fails.
+
+    Example:
+        >>> [p.path for p in committed_pointers(Path("."))]  # doctest: +SKIP
+        ['images.keel', 'data/train.csv.keel']
     """
     listing = run_git(["log", "--all", "--format=%H %T"], cwd=repo)
     if listing.returncode != 0:

@@ -108,7 +108,18 @@ class GcReport(BaseModel):
 
 
 def working_tree_root(cwd: Path | None = None) -> Path:
-    """Where pointers are looked for: the git working tree's root, else the current folder."""
+    """Where gc and fsck look for pointers: the git working tree's root, else the folder.
+
+    Args:
+        cwd: the folder to start from; default the current folder.
+
+    Returns:
+        The folder to search.
+
+    Example:
+        >>> working_tree_root()  # doctest: +SKIP
+        PosixPath('/home/me/project')
+    """
     return toplevel(cwd) or (cwd or Path.cwd())
 
 
@@ -116,9 +127,19 @@ def working_tree_references(root: Path) -> Iterator[Reference]:
     """The objects the pointer files under ``root`` name (see
     :func:`keel.data.workspace.find_pointers` for what is searched).
 
+    Args:
+        root: the folder to search (:func:`working_tree_root`).
+
+    Yields:
+        One :class:`Reference` per pointer (a folder's is a manifest).
+
     Raises:
         InvalidInput: a pointer file does not parse (gc cannot know what it keeps).
         StorageError: a pointer file cannot be read.
+
+    Example:
+        >>> [r.where for r in working_tree_references(Path("."))]  # doctest: +SKIP
+        ['data/train.csv.keel', 'images.keel']
     """
     for path in find_pointers(root):
         shown = _shown(path, root)
@@ -145,9 +166,19 @@ def working_tree_references(root: Path) -> Iterator[Reference]:
 def git_history_references(root: Path) -> Iterator[Reference]:
     """The objects the pointer files of every commit of every branch and tag name.
 
+    Args:
+        root: a folder of the git working tree.
+
+    Yields:
+        One :class:`Reference` per distinct pointer content in the history.
+
     Raises:
         InvalidInput: a committed pointer does not parse.
         StorageError: git fails.
+
+    Example:
+        >>> [r.where for r in git_history_references(Path("."))]  # doctest: +SKIP
+        ['images.keel in commit a3f09b12c0d1', ...]
     """
     fix = "run gc without --all-commits, which only reads the working tree's pointers"
     for committed in committed_pointers(root):
