@@ -296,7 +296,10 @@ def _csv_tables(path: Path, forced: dict[str, pa.DataType], read: list[int]) -> 
                     pa.py_buffer(text),
                     read_options=csv.ReadOptions(block_size=_PARSE_BLOCK_BYTES),
                     parse_options=parse,
-                    convert_options=csv.ConvertOptions(column_types=types),
+                    # an empty field is null, in text columns too (as pandas reads it)
+                    convert_options=csv.ConvertOptions(
+                        column_types=types, strings_can_be_null=True
+                    ),
                 )
                 types = {f.name: f.type for f in table.schema}
                 yielded = True

@@ -175,7 +175,9 @@ class _Validator:
         self.nulls: dict[str, int] = {}
         self.seen: dict[str, set[int]] = {}
         names = set(schema.names)
-        families = {f.name: type_family(str(f.type)) for f in schema}
+        from keel.data.profile_stats import type_name
+
+        families = {f.name: type_family(type_name(f.type)) for f in schema}
         skip: set[str] = set()  # columns missing or of the wrong type: no value checks
         value_rules: dict[str, list[Rule]] = {}
         for rule in rules:

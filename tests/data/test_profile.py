@@ -385,3 +385,32 @@ def test_a_distinct_estimate_never_exceeds_the_values() -> None:
         for column in profile_table(frame).columns:
             assert not column.distinct_exact
             assert 0.95 * 5_000 <= column.distinct <= 5_000, (seed, column.name)
+
+
+def test_dates_time_zones_categoricals_and_empty_text(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "d,ts,cat\n2024-01-01,2024-01-01T10:00:00Z,a\n2024-02-01,2024-01-02T10:00:00Z,b\n,,\n"
+    )
+    profile = profile_table(path)
+    d, ts, cat = profile.columns
+    assert (d.type, d.kind, d.min, d.max, d.nulls) == (
+        "date32[day]",
+        "datetime",
+        "2024-01-01",
+        "2024-02-01",
+        1,
+    )
+    assert ts.type == "timestamp[s, tz=UTC]" and ts.max == "2024-01-02T10:00:00+00:00"
+    assert ts.percentiles[-1] == 1704189600.0  # seconds since the epoch
+    assert (cat.nulls, cat.distinct, cat.min) == (1, 2, "a")  # an empty field is null
+
+    frame = pd.DataFrame(
+        {
+            "tz": pd.date_range("2024-01-01", periods=5, freq="D", tz="Europe/Paris"),
+            "cat": pd.Categorical(list("aabba")),
+        }
+    )
+    tz, cat = profile_table(frame).columns
+    assert tz.min == "2024-01-01T00:00:00+01:00" and tz.kind == "datetime"
+    assert cat.type == "string" and [(t.value, t.count) for t in cat.top] == [("a", 3), ("b", 2)]

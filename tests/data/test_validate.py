@@ -272,3 +272,11 @@ def test_without_column_inference_a_missing_column_is_fine(tmp_path: Path) -> No
     assert [(c.column, c.kind, c.actual) for c in failed] == [("bmi", "present", "missing")]
     rules = parse_rules("infer: {columns: false}\ncolumns:\n  bmi: {max: 50, required: false}\n")
     assert validate(new, against=profile_table(ref), rules=rules).passed
+
+
+def test_a_categorical_dataframe_matches_its_own_profile() -> None:
+    frame = pd.DataFrame({"cat": pd.Categorical(list("aabba")), "n": [1, 2, 3, 4, 5]})
+    assert validate(frame, against=profile_table(frame)).passed
+    changed = frame.assign(cat=pd.Categorical(list("aabbc")))
+    [failure] = validate(changed, against=profile_table(frame)).failed
+    assert (failure.column, failure.kind, failure.examples[0].value) == ("cat", "allowed", "c")
