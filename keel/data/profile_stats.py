@@ -55,7 +55,18 @@ MAX_TEXT = 200
 
 
 def column_kind(type_: pa.DataType) -> ColumnKind:
-    """How a column of this Arrow type is profiled."""
+    """How a column of this Arrow type is profiled.
+
+    Args:
+        type_: the column's Arrow type (a dictionary type is read as its values' type).
+
+    Returns:
+        ``numeric``, ``datetime``, ``boolean``, ``categorical`` or ``other``.
+
+    Example:
+        >>> column_kind(pa.dictionary(pa.int8(), pa.string()))
+        'categorical'
+    """
     if pa.types.is_dictionary(type_):
         return column_kind(type_.value_type)
     if pa.types.is_boolean(type_):
@@ -70,9 +81,21 @@ def column_kind(type_: pa.DataType) -> ColumnKind:
 
 
 def type_name(type_: pa.DataType) -> str:
-    """The Arrow type as a profile names it: large and view variants and dictionaries read as
-    their plain type (``large_string`` -> ``string``), so a CSV and a DataFrame of the same
-    data agree."""
+    """The Arrow type as a profile names it.
+
+    Large and view variants and dictionaries read as their plain type, so a CSV and a
+    DataFrame of the same data agree.
+
+    Args:
+        type_: an Arrow type.
+
+    Returns:
+        Its name, e.g. ``int64``, ``string``, ``timestamp[us]``.
+
+    Example:
+        >>> type_name(pa.large_string())
+        'string'
+    """
     if pa.types.is_dictionary(type_):
         return type_name(type_.value_type)
     if pa.types.is_large_string(type_) or _is_string_view(type_):
@@ -383,6 +406,14 @@ class _CategoricalStats(ColumnStats):
 
 def make_stats(name: str, type_: pa.DataType, note: str | None = None) -> ColumnStats:
     """The accumulator for a column of this Arrow type.
+
+    Args:
+        name: the column's name.
+        type_: its Arrow type.
+        note: why it was read with another type than inferred, if it was.
+
+    Returns:
+        A :class:`ColumnStats` to :meth:`~ColumnStats.update` per batch.
 
     Example:
         >>> stats = make_stats("age", pa.int64())

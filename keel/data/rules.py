@@ -47,6 +47,7 @@ __all__ = [
     "ColumnRules",
     "Rule",
     "RulesFile",
+    "family_accepts",
     "load_rules",
     "parse_rules",
     "plan_rules",
@@ -90,7 +91,19 @@ def type_family(type_name: str) -> str:
 
 
 def family_accepts(expected: str, actual: str) -> bool:
-    """True when a column of family ``actual`` satisfies a rule asking for ``expected``."""
+    """Whether a column of type family ``actual`` satisfies a rule asking for ``expected``.
+
+    Args:
+        expected: the family a rule asks for (``number`` takes integers and floats).
+        actual: the column's family (``null``, a column of only nulls, fits any).
+
+    Returns:
+        True when it fits; integers fit ``float`` too.
+
+    Example:
+        >>> family_accepts("float", "integer"), family_accepts("integer", "float")
+        (True, False)
+    """
     if actual in (expected, "null"):  # a batch with only nulls fits any type
         return True
     if expected == "number":
@@ -213,7 +226,22 @@ def load_rules(path: str | os.PathLike[str]) -> RulesFile:
 
 
 def parse_rules(text: str, *, source: str = "rules") -> RulesFile:
-    """Parse the text of a rules file; ``source`` names it in errors (see :func:`load_rules`)."""
+    """Parse the text of a rules file.
+
+    Args:
+        text: the YAML text.
+        source: how errors name it (the file's path).
+
+    Returns:
+        The parsed rules.
+
+    Raises:
+        InvalidInput: not YAML, not a mapping, an unknown field or a bad value, with the line.
+
+    Example:
+        >>> parse_rules("columns: {age: {min: 0}}").columns["age"].min
+        0.0
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)

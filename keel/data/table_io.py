@@ -24,7 +24,14 @@ from keel.errors import InvalidInput
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["CSV_BLOCK_BYTES", "FRAME_SLICE_ROWS", "TableFormat", "TableScan", "scan_table"]
+__all__ = [
+    "CSV_BLOCK_BYTES",
+    "FRAME_SLICE_ROWS",
+    "TableFormat",
+    "TableScan",
+    "detect_format",
+    "scan_table",
+]
 
 TableFormat = Literal["csv", "parquet", "dataframe"]
 
@@ -76,8 +83,8 @@ def scan_table(
         The visitor after the last batch, and what the scan read.
 
     Raises:
-        NotFound-like InvalidInput: the file does not exist, the format is unknown, the file
-            is not valid CSV/Parquet (the message names the file and the line or reason).
+        InvalidInput: the file does not exist, the format is unknown, or the file is not
+            valid CSV/Parquet (the message names the file and the line or reason).
 
     Example:
         >>> rows, scan = scan_table("train.csv", lambda schema: [0],
@@ -117,8 +124,19 @@ def _visit_all(
 def detect_format(source: Any, format: str | None = None) -> TableFormat:
     """``csv``, ``parquet`` or ``dataframe`` for a source, by ``format``, suffix or magic bytes.
 
+    Args:
+        source: a path or a pandas DataFrame.
+        format: the format the caller names, if any (checked, then returned).
+
+    Returns:
+        The format.
+
     Raises:
         InvalidInput: an unknown format name, or a file whose format cannot be told.
+
+    Example:
+        >>> detect_format("data/train.csv.gz")
+        'csv'
     """
     if format is not None:
         if format not in ("csv", "parquet", "dataframe"):
