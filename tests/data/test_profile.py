@@ -414,3 +414,20 @@ def test_dates_time_zones_categoricals_and_empty_text(tmp_path: Path) -> None:
     tz, cat = profile_table(frame).columns
     assert tz.min == "2024-01-01T00:00:00+01:00" and tz.kind == "datetime"
     assert cat.type == "string" and [(t.value, t.count) for t in cat.top] == [("a", 3), ("b", 2)]
+
+
+@pytest.mark.parametrize("fmt", ["dataframe", "csv", "parquet"])
+def test_progress_rises_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    monkeypatch.setattr(table_io, "CSV_BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(table_io, "FRAME_SLICE_ROWS", 5_000)
+    frame = _frame(30_000)
+    source: object = frame
+    if fmt == "csv":
+        source = tmp_path / "t.csv"
+        frame.to_csv(source, index=False)
+    elif fmt == "parquet":
+        source = tmp_path / "t.parquet"
+        frame.to_parquet(source, row_group_size=5_000)
+    shares: list[float] = []
+    profile_table(source, progress=shares.append)
+    assert len(shares) >= 5 and shares == sorted(shares) and shares[-1] == 1.0
