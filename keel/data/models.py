@@ -18,7 +18,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from keel.data.profile_models import TableProfile
@@ -125,6 +124,8 @@ class DatasetVersion(BaseModel):
 
 def dump_pointer(pointer: Pointer) -> str:
     """The YAML text of a pointer file (a comment line, then the fields in a fixed order)."""
+    import yaml  # lazily: importing keel.data (the fluent API does) stays light
+
     body = yaml.safe_dump(pointer.model_dump(), sort_keys=False, default_flow_style=False)
     return _HEADER + body
 
@@ -135,6 +136,8 @@ def parse_pointer(text: str, *, source: str) -> Pointer:
     Raises:
         InvalidInput: not YAML, not a mapping, an unknown or missing field, a bad value.
     """
+    import yaml
+
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
