@@ -53,7 +53,11 @@ LISTING_MIN = 64
 instead of one request per object."""
 
 STREAM_MIN = 8 << 20
-"""Objects from this size on are streamed (flat memory); smaller ones move in one read."""
+"""Objects from this size on are streamed (flat memory); smaller ones move in one read.
+
+Not a kernel copy (``put_file`` of the source object's file), which would store a corrupt
+source's bytes under their own digest before the mismatch shows; streamed, the digest check
+on the last read discards the copy before it gets any name."""
 
 Progress = Callable[[str, int, int], None]
 """Called as objects move: ``(phase, objects done, objects in the phase)``; from threads."""
@@ -115,8 +119,7 @@ class IncompleteTransfer(StorageError):
 
 def default_jobs(url: str) -> int:
     """Objects moved at once for a remote URL: few for a local folder, more over a network."""
-    local = "://" not in url or url.startswith("file://")
-    return LOCAL_JOBS if local else REMOTE_JOBS
+    return LOCAL_JOBS if _is_local(url) else REMOTE_JOBS
 
 
 # -- push ---------------------------------------------------------------------------------
@@ -362,9 +365,15 @@ def _copy(src: ArtifactStore, dst: ArtifactStore, digest: str, size: int) -> int
             raise _SourceError(error) from error
         with opened as reader:
             blob = dst.put_stream(_Checked(reader), size_hint=reader.size)
-    if blob.digest != digest:  # pragma: no cover - read_bytes/open check the digest
-        raise StorageError(f"object {digest} changed while it was copied", digest=digest)
+    if blob.digest != digest:  # pragma: no cover - a source rewritten during the copy
+        raise _SourceError(
+            StorageError(f"object {digest} changed while it was copied", digest=digest)
+        )
     return blob.size
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
 
 
 class _SourceError(Exception):
@@ -391,7 +400,7 @@ class _Checked:
 def _present(store: ArtifactStore, needed: dict[str, _Need], *, jobs: int) -> set[str]:
     """Which of the needed objects ``store`` already has: one listing of an object store when
     many are asked about (a request each would cost more), else one check per object."""
-    local = "://" not in store.url or store.url.startswith("file://")
+    local = _is_local(store.url)
     if not local and len(needed) >= LISTING_MIN:
         return {blob.digest for blob in store.iter_objects() if blob.digest in needed}
     digests = list(needed)
