@@ -169,14 +169,14 @@ class _Validator:
     def __init__(self, schema: pa.Schema, rules: list[Rule]) -> None:
         import pandera.pandas as pandera
 
+        from keel.data.profile_stats import type_name
+
         self.rows = 0
         self.results: dict[tuple[str | None, str], CheckResult] = {}
         self.aggregate: list[Rule] = []
         self.nulls: dict[str, int] = {}
         self.seen: dict[str, set[int]] = {}
         names = set(schema.names)
-        from keel.data.profile_stats import type_name
-
         families = {f.name: type_family(type_name(f.type)) for f in schema}
         skip: set[str] = set()  # columns missing or of the wrong type: no value checks
         value_rules: dict[str, list[Rule]] = {}
