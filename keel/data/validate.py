@@ -248,7 +248,7 @@ class _Validator:
         for rule in self.aggregate:
             if rule.kind == "null_fraction":
                 name = str(rule.column)
-                self.nulls[name] = self.nulls.get(name, 0) + batch.column(name).null_count
+                self.nulls[name] = self.nulls.get(name, 0) + _null_count(batch.column(name))
             elif rule.kind == "unique":
                 self._unique(rule, batch.column(str(rule.column)), offset)
         if self.schema is None:
@@ -330,3 +330,14 @@ def _pandera_check(pandera: Any, rule: Rule) -> Any:
     if rule.kind == "allowed":
         return pandera.Check.isin(value)
     return pandera.Check.str_matches(value)
+
+
+def _null_count(array: pa.Array) -> int:
+    """Nulls in a batch's column, NaN counted as null (as profiles and pandera count it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nulls = array.null_count
+    if pa.types.is_floating(array.type):
+        nulls += int(pc.sum(pc.is_nan(array)).as_py() or 0)
+    return nulls

@@ -280,3 +280,16 @@ def test_a_categorical_dataframe_matches_its_own_profile() -> None:
     changed = frame.assign(cat=pd.Categorical(list("aabbc")))
     [failure] = validate(changed, against=profile_table(frame)).failed
     assert (failure.column, failure.kind, failure.examples[0].value) == ("cat", "allowed", "c")
+
+
+def test_nan_in_parquet_counts_as_null(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = pa.array([1.0, float("nan"), 2.0, float("nan"), 3.0, float("nan")])
+    assert values.null_count == 0  # NaN, not null, as Arrow stores it
+    pq.write_table(pa.table({"v": values}), tmp_path / "nan.parquet")
+    rules = parse_rules("columns:\n  v: {max_null_fraction: 0.25}\n")
+    [failure] = validate(tmp_path / "nan.parquet", rules=rules).failed
+    assert (failure.kind, failure.actual) == ("null_fraction", "50.0% nulls")
+    assert profile_table(tmp_path / "nan.parquet").columns[0].nulls == 3
