@@ -138,8 +138,9 @@ def parse_pointer(text: str, *, source: str) -> Pointer:
     """
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, about 12x faster
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
