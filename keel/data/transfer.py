@@ -174,7 +174,7 @@ def push(
     for shown, pointer in pointers:
         data = _display(data_path_of(Path(shown).absolute()))
         if pointer.kind == "file":
-            needed.setdefault(pointer.hash, _Need(shown, data, pointer.size))
+            _need(needed, pointer.hash, shown, data, pointer.size)
             continue
         try:
             files = local.read_manifest(pointer.hash)
@@ -182,9 +182,9 @@ def push(
         except KeelError as error:
             result.problems.append(_problem(pointer.hash, shown, f"{data}/", error))
             continue
-        needed.setdefault(pointer.hash, _Need(shown, f"{data}/", manifest_size))
+        _need(needed, pointer.hash, shown, f"{data}/", manifest_size)
         for rel, blob in files.items():
-            needed.setdefault(blob.digest, _Need(shown, f"{data}/{rel}", blob.size))
+            _need(needed, blob.digest, shown, f"{data}/{rel}", blob.size)
     _move(local, dest, needed, result, jobs=jobs, phase="sending", progress=progress)
     if result.problems:
         raise IncompleteTransfer(
@@ -254,23 +254,24 @@ def pull(
         data = _display(data_path_of(Path(shown).absolute()))
         size = pointer.size if pointer.kind == "file" else -1  # a listing's size is unknown
         name = data if pointer.kind == "file" else f"{data}/"
-        first.setdefault(pointer.hash, _Need(shown, name, size))
-    _move(src, local, first, result, jobs=jobs, phase="fetching", progress=progress)
+        _need(first, pointer.hash, shown, name, size)
+    failed = _move(src, local, first, result, jobs=jobs, phase="fetching", progress=progress)
     files: dict[str, _Need] = {}
     for shown, pointer in pointers:
-        if pointer.kind != "directory" or _failed(result, shown):
+        if pointer.kind != "directory" or shown in failed:
             continue
         data = _display(data_path_of(Path(shown).absolute()))
         try:
             listing = local.read_manifest(pointer.hash)
         except KeelError as error:
             result.problems.append(_problem(pointer.hash, shown, f"{data}/", error))
+            failed.add(shown)
             continue
         for rel, blob in listing.items():
-            files.setdefault(blob.digest, _Need(shown, f"{data}/{rel}", blob.size))
-    _move(src, local, files, result, jobs=jobs, phase="fetching files", progress=progress)
+            _need(files, blob.digest, shown, f"{data}/{rel}", blob.size)
+    failed |= _move(src, local, files, result, jobs=jobs, phase="fetching files", progress=progress)
     if checkout:
-        ready = [shown for shown, _ in pointers if not _failed(result, shown)]
+        ready = [shown for shown, _ in pointers if shown not in failed]
         if ready:
             result.checkout = checkout_paths(ready, force=force, settings=settings)
     if result.problems:
@@ -286,14 +287,24 @@ def pull(
 
 
 class _Need:
-    """Why an object is needed: the first pointer (and data file) that names it."""
+    """Why an object is needed: the first pointer (and data file) that names it, for
+    messages, and every pointer that needs it (all fail to check out without it)."""
 
-    __slots__ = ("path", "pointer", "size")
+    __slots__ = ("path", "pointer", "pointers", "size")
 
     def __init__(self, pointer: str, path: str, size: int) -> None:
         self.pointer = pointer
         self.path = path
         self.size = size
+        self.pointers = [pointer]
+
+
+def _need(needed: dict[str, _Need], digest: str, pointer: str, path: str, size: int) -> None:
+    need = needed.get(digest)
+    if need is None:
+        needed[digest] = _Need(pointer, path, size)
+    elif need.pointers[-1] != pointer:
+        need.pointers.append(pointer)
 
 
 def _move(
@@ -305,10 +316,15 @@ def _move(
     jobs: int,
     phase: str,
     progress: Progress | None,
-) -> None:
-    """Copy the objects of ``needed`` that ``dst`` lacks; count them into ``result``."""
+) -> set[str]:
+    """Copy the objects of ``needed`` that ``dst`` lacks; count them into ``result``.
+
+    Returns:
+        The pointers that need an object that could not be copied.
+    """
+    failed: set[str] = set()
     if not needed:
-        return
+        return failed
     present = _present(dst, needed, jobs=jobs)
     for digest in present:
         size = needed[digest].size
@@ -316,7 +332,7 @@ def _move(
         result.present_bytes += size if size >= 0 else dst.size(digest)
     todo = [digest for digest in needed if digest not in present]
     if not todo:
-        return
+        return failed
     lock = threading.Lock()
     done = 0
 
@@ -329,6 +345,7 @@ def _move(
             problem = _problem(digest, need.pointer, need.path, error.error, store=src)
             with lock:
                 result.problems.append(problem)
+                failed.update(need.pointers)
                 done += 1
         else:
             with lock:
@@ -343,6 +360,7 @@ def _move(
     with dst.batch():
         _run(move_one, todo, jobs=jobs)
     result.problems.sort(key=lambda p: (p.pointer, p.path))
+    return failed
 
 
 def _copy(src: ArtifactStore, dst: ArtifactStore, digest: str, size: int) -> int:
@@ -442,10 +460,6 @@ def _problem(
         reason="corrupt" if corrupt else "unreadable",
         message=f"{what}: {error.message}",
     )
-
-
-def _failed(result: TransferResult, pointer: str) -> bool:
-    return any(p.pointer == pointer for p in result.problems)
 
 
 # -- pointers -----------------------------------------------------------------------------

@@ -415,3 +415,23 @@ def test_a_remote_that_cannot_be_written_stops_the_push(home: Path, tmp_path: Pa
     with pytest.raises(StorageError, match="cannot write to the artifact store") as raised:
         push()
     assert not isinstance(raised.value, IncompleteTransfer)
+
+
+def test_an_object_two_pointers_share_fails_both(home: Path, tmp_path: Path) -> None:
+    for name, data in (("a.csv", b"same\n"), ("b.csv", b"same\n"), ("c.csv", b"other\n")):
+        _write(tmp_path / name, data)
+    add(["a.csv", "b.csv", "c.csv"])
+    url, remote_root = _remote_dir(tmp_path)
+    add_remote("origin", url)
+    assert push().transferred == 2
+    ArtifactStore(remote_root).delete(_pointer_hash(tmp_path / "a.csv.keel"))
+    for name in ("a.csv", "b.csv", "c.csv"):
+        (tmp_path / name).unlink()
+    shutil.rmtree(home / "artifacts")
+    with pytest.raises(IncompleteTransfer) as raised:
+        pull()
+    [problem] = raised.value.result.problems
+    assert (problem.pointer, problem.reason) == ("a.csv.keel", "missing")
+    assert [c.path for c in raised.value.result.checkout] == ["c.csv"]
+    assert (tmp_path / "c.csv").exists()
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
