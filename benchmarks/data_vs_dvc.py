@@ -274,7 +274,9 @@ def markdown(result: dict[str, Any]) -> str:
             continue
         ratio = row["dvc"] / row["keel"]
         met = "yes" if ratio >= GOALS[key] else "**no**"
-        cpu = f"{row.get('dvc_cpu', 0):.2f} / {row.get('keel_cpu', 0):.2f}"
+        cpu = (
+            f"{row['dvc_cpu']:.2f} / {row['keel_cpu']:.2f}" if "keel_cpu" in row else "not measured"
+        )
         lines.append(
             f"| {label} | {row['dvc']:.2f} s | {row['keel']:.2f} s | {ratio:.1f}× faster "
             f"| ≥ {GOALS[key]:g}× | {met} | {cpu} |"
