@@ -435,3 +435,38 @@ def test_an_object_two_pointers_share_fails_both(home: Path, tmp_path: Path) -> 
     assert [c.path for c in raised.value.result.checkout] == ["c.csv"]
     assert (tmp_path / "c.csv").exists()
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def test_an_object_store_is_listed_once_not_asked_per_object(home: Path, tmp_path: Path) -> None:
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    calls = {"info": 0, "find": 0}
+
+    class CountingMemory(MemoryFileSystem):
+        """fsspec's memory filesystem, counting the requests an object store would get."""
+
+        protocol = ("countmem",)
+
+        def info(self, path, **kwargs):  # type: ignore[no-untyped-def]
+            calls["info"] += 1
+            return super().info(path, **kwargs)
+
+        def find(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+            calls["find"] += 1
+            return super().find(path, *args, **kwargs)
+
+    fsspec.register_implementation("countmem", CountingMemory, clobber=True)
+    name = f"keel-test-{uuid.uuid4().hex[:8]}"
+    try:
+        for i in range(100):
+            _write(tmp_path / "many" / f"{i}.bin", os.urandom(50))
+        add(["many"])
+        add_remote("origin", f"countmem://{name}")
+        assert push().transferred == 101
+        calls.update(info=0, find=0)
+        again = push()
+        assert (again.transferred, again.present) == (0, 101)
+        assert calls["find"] == 1 and calls["info"] < 5  # not one request per object
+    finally:
+        CountingMemory().rm(f"countmem://{name}", recursive=True)
