@@ -275,3 +275,22 @@ def test_add_reports_progress_for_the_files_it_reads(tree: Path) -> None:
     calls.clear()
     add(["images"], progress=lambda done, total: calls.append((done, total)))
     assert calls == []  # nothing read: the stat cache answered
+
+
+def test_named_version_functions_are_on_keel_data_without_a_heavy_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, keel.data\n"
+        "assert 'sqlalchemy' not in sys.modules, 'import keel.data pulled in the database'\n"
+        "import keel.data.versions as v\n"
+        "assert keel.data.log_dataset is v.log_dataset and keel.data.load is v.load\n"
+        "from keel.data import lineage, list_versions, resolve, get_version\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import keel.data
+
+        keel.data.nothing  # noqa: B018
