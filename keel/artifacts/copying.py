@@ -168,9 +168,22 @@ def copy_and_hash(src_fd: int, dst_fd: int, hasher: Any) -> int | None:
     copy, never of ``src``: whatever happens to ``src`` meanwhile, the digest names exactly
     the bytes in ``dst``. ``dst`` must be open for reading and writing.
 
+    Args:
+        src_fd: the source, open for reading.
+        dst_fd: the new, empty file, open for reading and writing.
+        hasher: a ``blake3`` hasher, fed the bytes of ``dst``.
+
     Returns:
         The bytes copied, or None if the kernel cannot copy between these files (another OS,
         an old kernel, a filesystem without copy_file_range): ``dst`` is then left empty.
+
+    Raises:
+        OSError: reading ``src`` or writing ``dst`` failed.
+
+    Example:
+        >>> hasher = blake3.blake3()  # doctest: +SKIP
+        >>> copy_and_hash(src.fileno(), dst.fileno(), hasher)  # doctest: +SKIP
+        1073741824
     """
     if reflink(src_fd, dst_fd):
         size = os.fstat(dst_fd).st_size

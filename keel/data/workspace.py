@@ -146,8 +146,16 @@ def path_lock(locks: Path, data: Path) -> Iterator[None]:
     by the kernel even if the process is killed. Lock files are left in place (deleting one
     another process may hold would break the exclusion); each is empty. Not locked on Windows.
 
+    Args:
+        locks: the folder of lock files (``<home>/locks``).
+        data: the data path, absolute.
+
     Raises:
         StorageError: the lock file cannot be created.
+
+    Example:
+        >>> with path_lock(home / "locks", Path("/repo/images")):  # doctest: +SKIP
+        ...     write_pointer()
     """
     name = hashlib.sha256(os.fsencode(data)).hexdigest()[:32] + ".lock"
     try:
