@@ -33,7 +33,7 @@ _jobs_option = click.option(
     "--jobs",
     "-j",
     type=click.IntRange(min=1),
-    help="Objects moved at once (default: 4 for a folder, 16 for an object store).",
+    help="Objects moved at once (default: 1 for a folder, 16 for an object store).",
 )
 
 

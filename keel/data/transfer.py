@@ -42,8 +42,10 @@ __all__ = [
     "push",
 ]
 
-LOCAL_JOBS = 4
-"""Objects moved at once between local folders (more threads only contend on 2 cores)."""
+LOCAL_JOBS = 1
+"""Objects moved at once to or from a local folder. Measured on 20,000 small objects (2
+cores): 1 thread pushed in 6-15 s with 5 s of CPU, 4 threads in 15-18 s with 14-24 s of CPU
+(mostly kernel time: every thread creates its temp file in the same ``tmp/`` folder)."""
 
 REMOTE_JOBS = 16
 """Objects moved at once to or from an object store: requests wait on the network."""
