@@ -168,6 +168,7 @@ def push(
     jobs = _check_jobs(jobs, target)
     local = ArtifactStore(settings.artifacts_url)
     dest = open_store(target)
+    dest.remove_stale_tmp()  # what pushes killed a day ago or more left behind
     pointers = _read_pointers(paths)
     result = TransferResult(
         direction="push", remote=target.name, url=target.resolved_url, pointers=len(pointers)
@@ -247,6 +248,7 @@ def pull(
     jobs = _check_jobs(jobs, source)
     local = ArtifactStore(settings.artifacts_url)
     src = open_store(source, must_exist=True)
+    local.remove_stale_tmp()  # what pulls killed a day ago or more left behind
     pointers = _read_pointers(paths)
     result = TransferResult(
         direction="pull", remote=source.name, url=source.resolved_url, pointers=len(pointers)

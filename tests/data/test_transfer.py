@@ -470,3 +470,23 @@ def test_an_object_store_is_listed_once_not_asked_per_object(home: Path, tmp_pat
         assert calls["find"] == 1 and calls["info"] < 5  # not one request per object
     finally:
         CountingMemory().rm(f"countmem://{name}", recursive=True)
+
+
+def test_temp_files_of_long_dead_transfers_are_removed(home: Path, tmp_path: Path) -> None:
+    _make_data(tmp_path)
+    add(["table.csv"])
+    url, remote_root = _remote_dir(tmp_path)
+    add_remote("origin", url)
+    stores = (remote_root, home / "artifacts")
+    for root in stores:
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        old, fresh = root / "tmp" / "1-old.part", root / "tmp" / "2-fresh.part"
+        old.write_bytes(b"half")
+        fresh.write_bytes(b"half")
+        two_days_ago = time.time() - 2 * 24 * 3600
+        os.utime(old, (two_days_ago, two_days_ago))
+    push()  # cleans the remote's tmp/
+    assert sorted(p.name for p in (remote_root / "tmp").iterdir()) == ["2-fresh.part"]
+    assert len(list((home / "artifacts" / "tmp").iterdir())) == 2
+    pull()  # cleans the local store's
+    assert sorted(p.name for p in (home / "artifacts" / "tmp").iterdir()) == ["2-fresh.part"]
