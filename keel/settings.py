@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="fsspec URL or path of the content-addressed artifact store "
         "(s3://bucket/prefix, gs://..., /mnt/share). Default: <home>/artifacts.",
     )
+    data_fsync: bool = Field(
+        default=False,
+        description="Make the objects of `keel data add`, `pull` and `log_dataset` durable "
+        "(one flush to disk) before the pointer or version naming them is written. Off, as in "
+        "git and DVC: the working copy or the remote still holds the content, and an object a "
+        "power cut lost is caught by the hash check on read and by `keel data fsck`.",
+    )
     metric_flush_interval: float = Field(
         default=1.0,
         gt=0,

@@ -86,7 +86,7 @@ class Workspace:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.store = ArtifactStore(self.settings.artifacts_url)
+        self.store = ArtifactStore(self.settings.artifacts_url, fsync=self.settings.data_fsync)
         self.cache = StatCache(
             self.settings.home_path / CACHE_FILENAME,
             busy_timeout=self.settings.sqlite_busy_timeout,

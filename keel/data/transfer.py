@@ -246,7 +246,7 @@ def pull(
     settings = settings or Settings()
     source = get_remote(remote, settings=settings)
     jobs = _check_jobs(jobs, source)
-    local = ArtifactStore(settings.artifacts_url)
+    local = ArtifactStore(settings.artifacts_url, fsync=settings.data_fsync)
     src = open_store(source, must_exist=True)
     local.remove_stale_tmp()  # what pulls killed a day ago or more left behind
     pointers = _read_pointers(paths)

@@ -160,7 +160,7 @@ def log_dataset(
     _check_name(name)
     run = _active_run()
     settings = _resolve(settings, run)
-    store = ArtifactStore(settings.artifacts_url)
+    store = ArtifactStore(settings.artifacts_url, fsync=settings.data_fsync)
     if not isinstance(data, str | os.PathLike) and not _is_dataframe(data):
         raise InvalidInput(
             f"log_dataset takes a pandas DataFrame or the path of a file or folder, "
@@ -533,7 +533,12 @@ def materialize(version: DatasetVersion, *, settings: Settings | None = None) ->
             return target
         for stale in folder.glob(".tmp-*"):  # left by a killed load; we hold the lock
             _remove(stale)
-        _write_copy(ArtifactStore(settings.artifacts_url), version, target, record)
+        _write_copy(
+            ArtifactStore(settings.artifacts_url, fsync=settings.data_fsync),
+            version,
+            target,
+            record,
+        )
     return target
 
 

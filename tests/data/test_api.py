@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -294,3 +295,37 @@ def test_named_version_functions_are_on_keel_data_without_a_heavy_import() -> No
         import keel.data
 
         keel.data.nothing  # noqa: B018
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux-only")
+@pytest.mark.parametrize("durable", [False, True])
+def test_data_fsync_decides_whether_add_flushes_its_objects(
+    tree: Path, home: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    import keel.artifacts.backends as backends
+
+    flushes: list[str] = []
+    real_fsync, real_syncfs = os.fsync, backends._syncfs
+
+    def fsync(fd: int) -> None:
+        flushes.append("fsync")
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> int:
+        flushes.append("syncfs")
+        return real_syncfs(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(backends, "_syncfs", syncfs)
+    big = tree / "big.bin"
+    big.write_bytes(os.urandom(9 << 20))  # large enough for the kernel-copy path
+    with Workspace(Settings(home=home, data_fsync=durable)) as ws:
+        result = ws.add([tree])[0]
+    assert result.changed
+    stored = ArtifactStore(home / "artifacts")
+    assert stored.exists(hash_file(big).digest)
+    if durable:
+        assert "syncfs" in flushes or flushes.count("fsync") >= 2
+    else:
+        # only the pointer file (the user's, committed to git) is flushed, never the objects
+        assert flushes == ["fsync"]
