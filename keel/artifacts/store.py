@@ -38,6 +38,7 @@ from keel.artifacts.copying import (
 from keel.artifacts.files import (
     CHUNK_SIZE,
     new_hasher,
+    open_source,
     read_chunks,
     source_error,
     walk_files,
@@ -281,7 +282,8 @@ class ArtifactStore:
         if size <= CHUNK_SIZE:
             # One read, then a cheap existence check before writing anything.
             try:
-                data = source.read_bytes()
+                with open(open_source(source), "rb", buffering=0) as file:
+                    data = file.readall()
             except OSError as error:
                 raise source_error(source, error) from error
             return self.put_bytes(data)
@@ -296,7 +298,7 @@ class ArtifactStore:
         backend = self._backend
         assert isinstance(backend, LocalBackend)
         try:
-            src = os.open(source, os.O_RDONLY)
+            src = open_source(source)
         except OSError as error:
             raise source_error(source, error) from error
         try:
