@@ -53,7 +53,12 @@ from keel.settings import Settings
 __all__ = ["LOCKS_FOLDER", "Progress", "Workspace", "add", "checkout", "status"]
 
 HASH_THREADS = 4
-"""Files hashed (and stored) at once when many are new or changed."""
+"""Files hashed (and stored) at once when many are new or changed and large."""
+
+THREADED_MIN_MEAN_SIZE = 256 * 1024
+"""Below this mean size, files are hashed and stored on one thread: small files are all
+system calls, and threads only contend for the GIL and the filesystem's locks (20,000 files of
+1-10 KB took 13.4 s on 4 threads and 5.2 s on one on the 2-core benchmark machine)."""
 
 LOCKS_FOLDER = "locks"
 """Under the Keel home: one lock file per data path being added or checked out."""
@@ -255,7 +260,9 @@ class Workspace:
             counter.step()
             return blob.digest, blob.size
 
-        fresh = _map_in_threads(one, todo)
+        mean_size = sum(files[rel][1].st_size for rel in todo) / len(todo)
+        threads = HASH_THREADS if mean_size >= THREADED_MIN_MEAN_SIZE else 1
+        fresh = _map_in_threads(one, todo, threads=threads)
         entries.update(zip(todo, fresh, strict=True))
         self.cache.record(
             (files[rel][0], files[rel][1], digest, started)
@@ -560,9 +567,11 @@ class _Counter:
         self._progress(done, self.total)
 
 
-def _map_in_threads(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+def _map_in_threads(
+    function: Callable[[_T], _R], items: Iterable[_T], *, threads: int = HASH_THREADS
+) -> list[_R]:
     items = list(items)
-    if len(items) <= 1:
+    if len(items) <= 1 or threads <= 1:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
         return list(pool.map(function, items))
