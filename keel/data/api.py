@@ -123,8 +123,8 @@ class Workspace:
         Unchanged content is not re-read (the stat cache) nor re-stored, and a pointer that
         already names it is left as it is, so adding again is a fast no-op. Each path is locked
         while it is added: an ``add`` or ``checkout`` of the same path in another process waits,
-        those of other paths do not. New objects are flushed to disk together (one
-        ``ArtifactStore.batch``) before the pointer that names them is written; an add killed
+        those of other paths do not. With ``KEEL_DATA_FSYNC``, new objects are flushed to disk
+        together (one ``ArtifactStore.batch``) before the pointer that names them; an add killed
         midway leaves at most a temp file in the store's ``tmp/`` (never a partial object),
         which a later add deletes once it is a day old.
 
@@ -471,17 +471,73 @@ class Workspace:
 def add(
     paths: Sequence[str | os.PathLike[str]],
     *,
+    name: str | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> list[AddResult]:
-    """Version files and folders: see :meth:`Workspace.add`.
+    """Version files and folders: see :meth:`Workspace.add`; with ``name``, also as a dataset.
+
+    A named pointer (``name``, or one that already carries a name) whose content is new is
+    recorded as the next version of its dataset (:func:`keel.data.versions.log_pointer`), and
+    the pointer gets that name and version, so it never names a version with other content.
+
+    Args:
+        paths: files or folders.
+        name: record the one path given as a version of this dataset.
+        settings: where the store, stat cache and database are; default ``Settings()``.
+        progress: called with ``(done, total)`` as files are read.
+
+    Returns:
+        One :class:`AddResult` per path; ``dataset_version`` is set where a version was
+        recorded.
+
+    Raises:
+        InvalidInput: ``name`` with several paths, or a malformed name; see
+            :meth:`Workspace.add` for the rest.
 
     Example:
         >>> keel.data.add(["data/train.csv", "images/"])  # doctest: +SKIP
         [AddResult(path='data/train.csv', pointer_path='data/train.csv.keel', ...), ...]
+        >>> keel.data.add(["data/train.csv"], name="diabetes")[0].dataset_version  # doctest: +SKIP
+        'diabetes@3'
     """
+    if name is not None:
+        from keel.data.versions import parse_ref
+
+        if len(paths) != 1:
+            raise InvalidInput(
+                f"a dataset name names one path: give one PATH, not {len(paths)} (add a folder to "
+                "version several files together)"
+            )
+        if "@" in name:
+            raise InvalidInput(f"a dataset name is given without @VERSION, not {name!r}")
+        parse_ref(name)  # a bad name fails before anything is stored
     with Workspace(settings) as ws:
-        return ws.add(paths, progress=progress)
+        results = ws.add(paths, progress=progress)
+        return [
+            _record_version(given, result, name, ws.settings)
+            for given, result in zip(paths, results, strict=True)
+        ]
+
+
+def _record_version(
+    given: str | os.PathLike[str], result: AddResult, name: str | None, settings: Settings
+) -> AddResult:
+    """Record a named pointer's new content as its dataset's next version (see :func:`add`)."""
+    dataset = name or (result.pointer.name if result.changed else None)
+    if dataset is None:
+        return result
+    from keel.data.versions import log_pointer
+
+    version = log_pointer(given, dataset, settings=settings)
+    pointer = result.pointer.model_copy(update={"name": dataset, "version": str(version.version)})
+    return result.model_copy(
+        update={
+            "pointer": pointer,
+            "changed": result.changed or pointer != result.pointer,
+            "dataset_version": version.ref,
+        }
+    )
 
 
 def status(

@@ -14,7 +14,6 @@ from keel.data.api import add as add_paths
 from keel.data.api import checkout as checkout_paths
 from keel.data.api import status as status_paths
 from keel.data.models import PathStatus
-from keel.errors import InvalidInput
 from keel.lazy_cli import LazyGroup
 
 __all__ = ["DATA_COMMANDS", "data"]
@@ -68,18 +67,7 @@ def add(paths: tuple[str, ...], name: str | None) -> None:
       keel data add data/train.csv images/
       keel data add data/train.csv --name diabetes
     """
-    if name is not None and len(paths) != 1:
-        raise InvalidInput(
-            f"--name names one dataset: give one PATH, not {len(paths)} (add a folder to "
-            "version several files together)"
-        )
-    if name is not None:
-        if "@" in name:
-            raise InvalidInput(f"--name takes a dataset name without @VERSION, not {name!r}")
-        from keel.data.versions import parse_ref
-
-        parse_ref(name)  # a bad name fails before anything is stored
-    results = add_paths(list(paths))
+    results = add_paths(list(paths), name=name)
     for result in results:
         p = result.pointer
         what = f"{p.files} file{'s' if p.files != 1 else ''}, {_size(p.size)}"
@@ -87,18 +75,8 @@ def add(paths: tuple[str, ...], name: str | None) -> None:
             click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
         else:
             click.echo(f"{result.path} is unchanged ({what}); {result.pointer_path} kept")
-    for i, result in enumerate(results):
-        # --name, or a named pointer whose content changed: the next version of that name
-        dataset = name or (result.pointer.name if result.changed else None)
-        if dataset is None:
-            continue
-        from keel.data.versions import log_pointer
-
-        before = result.pointer
-        version = log_pointer(paths[i], dataset)
-        click.echo(f"Recorded {result.path} as dataset version {version.ref}")
-        if (before.name, before.version) != (dataset, str(version.version)):
-            results[i] = result.model_copy(update={"changed": True})
+        if result.dataset_version is not None:
+            click.echo(f"Recorded {result.path} as dataset version {result.dataset_version}")
     to_commit = [r.pointer_path for r in results if r.changed]
     for result in results:
         gitignore = (PurePosixPath(result.path).parent / ".gitignore").as_posix()

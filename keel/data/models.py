@@ -85,6 +85,9 @@ class AddResult(BaseModel):
     pointer: Pointer
     changed: bool = Field(description="False when the pointer already named this content")
     ignored: bool = Field(description="True when a line was added to .gitignore")
+    dataset_version: str | None = Field(
+        default=None, description="NAME@VERSION recorded for a named pointer, else None"
+    )
 
 
 class CheckoutResult(BaseModel):

@@ -154,3 +154,27 @@ def test_mistakes_are_one_clear_line(cli: CliRunner, settings: Settings, tmp_pat
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "a.txt.keel").exists()  # a bad --name stores nothing
+
+
+def test_python_add_of_a_named_pointer_records_the_next_version(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import keel.data
+
+    data = _table(tmp_path / "train.csv")
+    first = keel.data.add([data], name="diabetes", settings=settings)[0]
+    assert first.dataset_version == "diabetes@1"
+    assert (first.pointer.name, first.pointer.version) == ("diabetes", "1")
+
+    _table(data, rows=333, shift=2)
+    second = keel.data.add([data], settings=settings)[0]  # no name: the pointer carries it
+    assert second.changed and second.dataset_version == "diabetes@2"
+    pointer = parse_pointer((tmp_path / "train.csv.keel").read_text(), source="p")
+    assert (pointer.name, pointer.version) == ("diabetes", "2")
+    assert sorted(v.version for v in keel.data.list_versions("diabetes", settings=settings)) == [
+        1,
+        2,
+    ]
+
+    unchanged = keel.data.add([data], settings=settings)[0]
+    assert not unchanged.changed and unchanged.dataset_version is None
