@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from keel.data.cli_maint import progress_bar, size_text
+from keel.data.cli_maint import progress_bar
+from keel.data.cli_output import size_text
 from keel.gc import gc as collect
 from keel.gc import parse_duration
 

@@ -13,6 +13,7 @@ import click
 from keel.data.api import add as add_paths
 from keel.data.api import checkout as checkout_paths
 from keel.data.api import status as status_paths
+from keel.data.cli_output import size_text
 from keel.data.models import PathStatus
 from keel.lazy_cli import LazyGroup
 
@@ -70,7 +71,7 @@ def add(paths: tuple[str, ...], name: str | None) -> None:
     results = add_paths(list(paths), name=name)
     for result in results:
         p = result.pointer
-        what = f"{p.files} file{'s' if p.files != 1 else ''}, {_size(p.size)}"
+        what = f"{p.files} file{'s' if p.files != 1 else ''}, {size_text(p.size)}"
         if result.changed:
             click.echo(f"Added {result.path} ({what}) -> {result.pointer_path}")
         else:
@@ -159,12 +160,3 @@ def checkout(paths: tuple[str, ...], force: bool) -> None:
             click.secho(
                 f"  kept (not in {result.pointer}; --force deletes it): {name}", fg="yellow"
             )
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from keel.data.cli_output import size_text
 from keel.data.diff import DataDiff, DataVersion
 from keel.data.diff import diff as diff_versions
 from keel.data.profile_models import ColumnDiff, ProfileDiff
@@ -133,11 +134,4 @@ def _format(value: float | int | str | None) -> str:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover
+    return "-" if n is None else size_text(n)

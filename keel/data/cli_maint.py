@@ -23,11 +23,12 @@ from rich.progress import (
 from rich.progress import Progress as Bar
 
 from keel.artifacts import ArtifactStore
+from keel.data.cli_output import size_text
 from keel.data.maintenance import FsckReport, Progress, working_tree_root
 from keel.data.maintenance import fsck as check_store
 from keel.settings import Settings
 
-__all__ = ["fsck", "progress_bar", "size_text"]
+__all__ = ["fsck", "progress_bar"]
 
 _SHOWN_PER_KIND = 20
 _HINTS = {
@@ -124,13 +125,3 @@ def progress_bar(*, enabled: bool, bytes_: bool = False) -> Iterator[Progress | 
     columns = (TextColumn("{task.description}"), BarColumn(), amount, TimeRemainingColumn())
     with Bar(*columns, console=Console(stderr=True), transient=True) as bar:
         yield _RichProgress(bar)
-
-
-def size_text(n: int) -> str:
-    """Bytes for people: ``950 B``, ``3.2 GB`` (powers of 1000, as ``keel data add`` prints)."""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover

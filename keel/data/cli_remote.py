@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import click
 
+from keel.data.cli_output import size_text
 from keel.data.remotes import (
     add_remote,
     list_remotes,
@@ -197,8 +198,8 @@ def _summary(result: TransferResult) -> None:
     where = "to" if result.direction == "push" else "from"
     there = "on the remote" if result.direction == "push" else "in the local store"
     click.echo(
-        f"{verb} {_count(result.transferred)} ({_size(result.transferred_bytes)}) {where} "
-        f"{result.remote}; {_count(result.present)} ({_size(result.present_bytes)}) already "
+        f"{verb} {_count(result.transferred)} ({size_text(result.transferred_bytes)}) {where} "
+        f"{result.remote}; {_count(result.present)} ({size_text(result.present_bytes)}) already "
         f"{there}"
     )
     restored = sum(len(c.restored) for c in result.checkout)
@@ -243,12 +244,3 @@ def _progress() -> Iterator[Progress | None]:
 
 def _count(n: int) -> str:
     return f"{n:,} object{'s' if n != 1 else ''}"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover

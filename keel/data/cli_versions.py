@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from keel.data.cli_output import size_text
 from keel.data.models import DatasetVersion
 from keel.data.profile_models import ColumnProfile, HistogramBin, TableProfile
 from keel.data.versions import DatasetRun, get_version, list_datasets, list_versions
@@ -57,7 +58,7 @@ def versions(name: str | None, as_json: bool) -> None:
                 str(d.versions),
                 str(d.latest.version),
                 _when(d.latest),
-                _size(d.latest.size),
+                size_text(d.latest.size),
                 _rows(d.latest),
             )
         _console().print(table)
@@ -73,7 +74,7 @@ def versions(name: str | None, as_json: bool) -> None:
             str(v.version),
             _when(v),
             v.format or v.kind,
-            _size(v.size),
+            size_text(v.size),
             f"{v.files:,}",
             _rows(v),
             escape(v.source or "-"),
@@ -253,7 +254,7 @@ def _describe(v: DatasetVersion) -> str:
     kind = f"{v.format} table" if v.format else ("folder" if v.kind == "directory" else "file")
     files = f", {v.files:,} files" if v.kind == "directory" else ""
     rows = f", {v.profile.rows:,} rows" if v.profile is not None else ""
-    return f"{kind}, {_size(v.size)}{files}{rows}"
+    return f"{kind}, {size_text(v.size)}{files}{rows}"
 
 
 def _run_line(run: DatasetRun) -> str:
@@ -286,12 +287,3 @@ def _value(value: float | str | None) -> str:
     if value == int(value) and abs(value) < 1e15:
         return f"{int(value):,}"
     return f"{value:.4g}"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover
