@@ -39,10 +39,10 @@ from keel.data.store import CACHE_FILENAME, StatCache
 from keel.data.workspace import (
     SKIPPED_FOLDERS,
     data_path_of,
-    find_pointers,
     ignore_in_git,
     path_lock,
     pointer_path_of,
+    pointers_named,
     require_exists,
     stat_or_none,
     write_text_atomically,
@@ -289,7 +289,7 @@ class Workspace:
             InvalidInput: a pointer file does not parse.
             StorageError: a file cannot be read.
         """
-        return [self._status_one(pointer_path) for pointer_path in self._pointers(paths)]
+        return [self._status_one(pointer_path) for pointer_path in pointers_named(paths)]
 
     def _status_one(self, pointer_path: Path) -> PathStatus:
         pointer = self._read_pointer(pointer_path)
@@ -371,29 +371,6 @@ class Workspace:
             raise StorageError(f"cannot read {shown}: {error.strerror or error}") from error
         return parse_pointer(text, source=shown)
 
-    def _pointers(self, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-        """The pointer files that ``paths`` name (see :meth:`status`), without duplicates."""
-        if not paths:
-            return find_pointers(Path.cwd())
-        found: dict[Path, None] = {}
-        for given in paths:
-            shown = str(given)
-            path = Path(os.path.abspath(given))
-            if path.name.endswith(".keel") and path.is_file():
-                found[path] = None
-            elif pointer_path_of(path).is_file():
-                found[pointer_path_of(path)] = None
-            elif path.is_dir():
-                found.update(dict.fromkeys(find_pointers(path)))
-            elif path.exists():
-                raise NotFound(
-                    f"{shown} is not tracked: there is no {pointer_path_of(Path(shown))}",
-                    path=shown,
-                )
-            else:
-                raise NotFound(f"no such file, folder or pointer: {shown}", path=shown)
-        return list(found)
-
     # -- checkout -------------------------------------------------------------
 
     def checkout(
@@ -424,7 +401,7 @@ class Workspace:
                 file cannot be written.
         """
         results = []
-        for pointer_path in self._pointers(paths):
+        for pointer_path in pointers_named(paths):
             with path_lock(self.locks, data_path_of(pointer_path)):
                 results.append(self._checkout_one(pointer_path, force=force))
         return results

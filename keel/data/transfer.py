@@ -28,7 +28,7 @@ from keel.artifacts import ArtifactStore, BlobReader
 from keel.data.api import checkout as checkout_paths
 from keel.data.models import CheckoutResult, Pointer, parse_pointer
 from keel.data.remotes import Remote, get_remote, open_store
-from keel.data.workspace import data_path_of, find_pointers, pointer_path_of
+from keel.data.workspace import data_path_of, pointers_named
 from keel.errors import InvalidInput, KeelError, NotFound, StorageError
 from keel.settings import Settings
 
@@ -472,25 +472,7 @@ def _problem(
 def _read_pointers(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[str, Pointer]]:
     """The pointers ``paths`` name (data, pointer files, folders to search), parsed, as
     ``(pointer file as shown, Pointer)``; every pointer under the current folder by default."""
-    found: dict[Path, None] = {}
-    if not paths:
-        found.update(dict.fromkeys(find_pointers(Path.cwd())))
-    for given in paths:
-        shown = str(given)
-        path = Path(os.path.abspath(given))
-        if path.name.endswith(".keel") and path.is_file():
-            found[path] = None
-        elif pointer_path_of(path).is_file():
-            found[pointer_path_of(path)] = None
-        elif path.is_dir():
-            found.update(dict.fromkeys(find_pointers(path)))
-        elif path.exists():
-            raise NotFound(
-                f"{shown} is not tracked: there is no {pointer_path_of(Path(shown))}", path=shown
-            )
-        else:
-            raise NotFound(f"no such file, folder or pointer: {shown}", path=shown)
-    return [(_display(path), _parse(path)) for path in found]
+    return [(_display(path), _parse(path)) for path in pointers_named(paths)]
 
 
 def _parse(path: Path) -> Pointer:

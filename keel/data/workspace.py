@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -23,6 +23,7 @@ __all__ = [
     "ignore_in_git",
     "path_lock",
     "pointer_path_of",
+    "pointers_named",
     "require_exists",
     "stat_or_none",
     "write_text_atomically",
@@ -58,6 +59,36 @@ def find_pointers(root: Path) -> list[Path]:
             d for d in dirs if d not in SKIPPED_FOLDERS and d + POINTER_SUFFIX not in names
         )
     return sorted(pointers)
+
+
+def pointers_named(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The pointer files ``paths`` name, without duplicates, in the order given.
+
+    A path may be the data (``images``), its pointer (``images.keel``) or a folder to search
+    with :func:`find_pointers`; no paths means every pointer under the current folder.
+
+    Raises:
+        NotFound: a path is neither tracked nor a folder, or does not exist.
+    """
+    if not paths:
+        return find_pointers(Path.cwd())
+    found: dict[Path, None] = {}
+    for given in paths:
+        shown = str(given)
+        path = Path(os.path.abspath(given))
+        if path.name.endswith(POINTER_SUFFIX) and path.is_file():
+            found[path] = None
+        elif pointer_path_of(path).is_file():
+            found[pointer_path_of(path)] = None
+        elif path.is_dir():
+            found.update(dict.fromkeys(find_pointers(path)))
+        elif path.exists():
+            raise NotFound(
+                f"{shown} is not tracked: there is no {pointer_path_of(Path(shown))}", path=shown
+            )
+        else:
+            raise NotFound(f"no such file, folder or pointer: {shown}", path=shown)
+    return list(found)
 
 
 def _is_pointer_name(name: str) -> bool:
