@@ -8,9 +8,9 @@ A manifest is itself an object: canonical JSON (sorted keys, no spaces, UTF-8)::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
 
 from keel.errors import InvalidInput
 
@@ -29,15 +29,22 @@ MANIFEST_KIND = "keel.manifest"
 MANIFEST_VERSION = 1
 
 
-class Blob(BaseModel):
-    """One object of the artifact store: the same bytes always give the same ``digest``."""
+_DIGEST = re.compile(DIGEST_PATTERN)
 
-    model_config = ConfigDict(frozen=True)
 
-    digest: str = Field(
-        pattern=DIGEST_PATTERN, description="BLAKE3 digest of the content, 64 lowercase hex"
-    )
-    size: int = Field(ge=0, description="content length in bytes")
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """One object of the artifact store: the same bytes always give the same ``digest``.
+
+    A plain dataclass (not pydantic): the store makes one per object on its hot paths, and
+    ``keel data status`` imports this module without paying for pydantic. The store builds
+    them from digests it computed; :func:`decode_manifest` checks those read from a manifest.
+    """
+
+    digest: str
+    """BLAKE3 digest of the content, 64 lowercase hex."""
+    size: int
+    """Content length in bytes."""
 
 
 def encode_manifest(files: Mapping[str, Blob]) -> bytes:
@@ -86,7 +93,12 @@ def decode_manifest(data: bytes, digest: str) -> dict[str, Blob]:
         if not isinstance(rel, str) or any(part in ("", ".", "..") for part in rel.split("/")):
             raise invalid(f"unsafe path {rel!r}")
         try:
-            files[rel] = Blob(digest=entry["digest"], size=entry["size"])
-        except (KeyError, TypeError, ValueError):
+            digest_of, size = entry["digest"], entry["size"]
+        except (KeyError, TypeError):
             raise invalid(f"bad entry for {rel!r}") from None
+        if not (isinstance(digest_of, str) and _DIGEST.fullmatch(digest_of)):
+            raise invalid(f"bad digest for {rel!r}")
+        if type(size) is not int or size < 0:
+            raise invalid(f"bad size for {rel!r}")
+        files[rel] = Blob(digest_of, size)
     return files

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -158,7 +159,7 @@ class Workspace:
             pointer_path = pointer_path_of(data)
             old = self._existing_pointer(pointer_path)
             if old is not None:
-                pointer = pointer.model_copy(update={"name": old.name, "version": old.version})
+                pointer = replace(pointer, name=old.name, version=old.version)
             changed = old != pointer
             if changed:
                 write_text_atomically(pointer_path, dump_pointer(pointer))
@@ -507,13 +508,12 @@ def _record_version(
     from keel.data.versions import log_pointer
 
     version = log_pointer(given, dataset, settings=settings)
-    pointer = result.pointer.model_copy(update={"name": dataset, "version": str(version.version)})
-    return result.model_copy(
-        update={
-            "pointer": pointer,
-            "changed": result.changed or pointer != result.pointer,
-            "dataset_version": version.ref,
-        }
+    pointer = replace(result.pointer, name=dataset, version=str(version.version))
+    return replace(
+        result,
+        pointer=pointer,
+        changed=result.changed or pointer != result.pointer,
+        dataset_version=version.ref,
     )
 
 

@@ -103,7 +103,7 @@ def status(paths: tuple[str, ...], as_json: bool) -> None:
     """
     results = status_paths(list(paths))
     if as_json:
-        rows = [{**r.model_dump(), "up_to_date": r.up_to_date} for r in results]
+        rows = [r.to_dict() for r in results]
         click.echo(json.dumps(rows, indent=2))
         return
     if not results:

@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from keel.data.cli_output import size_text
-from keel.data.models import DatasetVersion
 from keel.data.profile_models import ColumnProfile, HistogramBin, TableProfile
+from keel.data.version_models import DatasetVersion
 from keel.data.versions import DatasetRun, get_version, list_datasets, list_versions
 from keel.data.versions import lineage as version_lineage
 

@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 
 from keel.artifacts import ArtifactStore, Blob
 from keel.data.git import commit_of, read_committed, toplevel
-from keel.data.models import POINTER_SUFFIX, DatasetVersion, Pointer, parse_pointer
+from keel.data.models import POINTER_SUFFIX, Pointer, parse_pointer
 from keel.data.profile_models import ProfileDiff
+from keel.data.version_models import DatasetVersion
 from keel.data.versions import resolve
 from keel.errors import InvalidInput, KeelError, NotFound, StorageError
 from keel.settings import Settings
@@ -300,7 +301,7 @@ def _dataset_version(spec: str, settings: Settings) -> DataVersion:
 def _files(version: DataVersion, store: ArtifactStore) -> dict[str, Blob]:
     """The files of a version by path inside it; a file is the one entry ``""``."""
     if version.kind == "file":
-        return {"": Blob.model_construct(digest=version.digest, size=version.size)}
+        return {"": Blob(version.digest, version.size)}
     try:
         return store.read_manifest(version.digest)
     except NotFound:

@@ -30,12 +30,14 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keel.artifacts import ArtifactStore, walk_files
-from keel.data.models import DatasetVersion, Pointer, dump_pointer, parse_pointer
+from keel.data.models import dump_pointer, parse_pointer
 from keel.data.profile_models import TableProfile
+from keel.data.version_models import DatasetVersion
 from keel.data.versions_store import DatasetRun, DatasetSummary, Lineage, VersionStore
 from keel.data.workspace import pointer_path_of, require_exists, write_text_atomically
 from keel.errors import InvalidInput, KeelError, StorageError
@@ -144,7 +146,7 @@ def log_dataset(
             ``Settings()``.
 
     Returns:
-        The new (or equal latest) :class:`~keel.data.models.DatasetVersion`.
+        The new (or equal latest) :class:`~keel.data.version_models.DatasetVersion`.
 
     Raises:
         InvalidInput: a bad name, something that is neither a DataFrame nor a path, a CSV or
@@ -226,9 +228,7 @@ def log_pointer(
         profile_source=data,
     )
     version = _record(settings, name, content, run_id=run[0] if run else None)
-    named = Pointer.model_validate(
-        {**pointer.model_dump(), "name": name, "version": str(version.version)}
-    )
+    named = replace(pointer, name=name, version=str(version.version))
     if named != pointer:
         write_text_atomically(pointer_path, dump_pointer(named))
     return version

@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from keel.data.models import DatasetVersion
 from keel.data.profile_models import TableProfile
+from keel.data.version_models import DatasetVersion
 from keel.db import schema, write_options
 from keel.errors import NotFound, StorageError
 

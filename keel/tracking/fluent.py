@@ -31,7 +31,7 @@ from keel.tracking.remote import TrackingClient, connect
 if TYPE_CHECKING:
     import pandas as pd
 
-    from keel.data.models import DatasetVersion
+    from keel.data.version_models import DatasetVersion
 
 __all__ = [
     "ActiveRun",
@@ -314,7 +314,7 @@ def log_input(version: DatasetVersion | str, context: str = "train") -> DatasetV
     way. Recording the same version and context again does nothing.
 
     Args:
-        version: a :class:`~keel.data.models.DatasetVersion`, or ``"name@3"`` / ``"name"``
+        version: a :class:`~keel.data.version_models.DatasetVersion`, or ``"name@3"`` / ``"name"``
             (the latest).
         context: how the run uses it, e.g. ``"train"`` or ``"eval"``.
 
