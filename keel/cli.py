@@ -123,9 +123,6 @@ def main(argv: list[str] | None = None) -> Any:
         )
         sys.exit(1)
     except Exception as exc:
-        if _is_settings_error(exc):
-            click.secho(f"Error: invalid setting: {_settings_message(exc)}", fg="red", err=True)
-            sys.exit(1)
         if "sqlalchemy" not in sys.modules:
             raise
         from sqlalchemy.exc import SQLAlchemyError
@@ -141,14 +138,3 @@ def main(argv: list[str] | None = None) -> Any:
         )
         sys.exit(1)
 
-
-def _is_settings_error(exc: Exception) -> bool:
-    return type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic")
-
-
-def _settings_message(exc: Any) -> str:
-    problems = []
-    for error in exc.errors():
-        name = ".".join(str(p) for p in error.get("loc", ()))
-        problems.append(f"KEEL_{name.upper()}: {error.get('msg', 'invalid')}")
-    return "; ".join(problems) or str(exc)

@@ -85,6 +85,6 @@ def test_every_command_has_help_with_an_example() -> None:
 
 def test_every_setting_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    for name, field in Settings.model_fields.items():
-        assert field.description, f"setting {name} has no description"
-        assert f"KEEL_{name.upper()}" in doc, f"KEEL_{name.upper()} missing from the docs"
+    for setting in Settings.fields():
+        assert setting.description, f"setting {setting.name} has no description"
+        assert f"`{setting.env}`" in doc, f"{setting.env} missing from the docs"

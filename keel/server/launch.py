@@ -18,13 +18,10 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
-
 from keel.errors import KeelError
-from keel.settings import Settings
+from keel.settings import SecretStr, Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -40,8 +37,8 @@ log = logging.getLogger("uvicorn.error")
 def settings_environment(settings: Settings) -> dict[str, str]:
     """Every resolved setting as ``{"KEEL_<NAME>": value}``, for processes we start."""
     env = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
+    for setting in Settings.fields():
+        value = getattr(settings, setting.name)
         if value is None:
             continue
         if isinstance(value, bool):
@@ -49,8 +46,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         elif isinstance(value, SecretStr):
             text = value.get_secret_value()
         else:
-            text = str(value) if isinstance(value, Path) else f"{value}"
-        env[f"KEEL_{name.upper()}"] = text
+            text = str(value)
+        env[setting.env] = text
     return env
 
 

@@ -48,7 +48,7 @@ def make_tokens(store: AuthStore) -> Tokens:
 
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"auth": True})
+    return settings.replace(auth=True)
 
 
 @pytest.fixture

@@ -244,7 +244,7 @@ def test_remote_admin_owner_and_editor(
 ) -> None:
     ok(cli, "users", "create", "root")
     admin = ok(cli, "tokens", "create", "--user", "root", "--role", "admin", "-q").strip()
-    with serve(settings.model_copy(update={"auth": True})) as url:
+    with serve(settings.replace(auth=True)) as url:
         monkeypatch.setenv("KEEL_TRACKING_URI", url)
 
         def as_token(token: str) -> None:

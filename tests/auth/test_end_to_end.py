@@ -62,7 +62,7 @@ def auth_server(settings: Settings) -> Iterator[AuthServer]:
     store = AuthStore(engine)
     tokens = make_tokens(store)
     try:
-        with serve(settings.model_copy(update={"auth": True})) as url:
+        with serve(settings.replace(auth=True)) as url:
             yield AuthServer(url, tokens, store, client)
     finally:
         client.close()

@@ -138,4 +138,4 @@ def test_workers_get_every_setting_through_the_environment(
     for name, value in env().items():
         monkeypatch.setenv(name, value)
     rebuilt = Settings()
-    assert rebuilt.model_dump() == settings.model_dump()
+    assert rebuilt == settings
