@@ -137,4 +137,3 @@ def main(argv: list[str] | None = None) -> Any:
             err=True,
         )
         sys.exit(1)
-
