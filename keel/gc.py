@@ -17,9 +17,9 @@ To plug in a new kind of referrer, add a factory::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import make_url
 
 from keel.artifacts import ArtifactStore
@@ -42,10 +42,9 @@ from keel.tracking.references import artifact_references
 __all__ = ["REFERENCE_SOURCES", "GcOptions", "gc", "parse_duration"]
 
 
-class GcOptions(BaseModel):
+@dataclass(frozen=True)
+class GcOptions:
     """What a gc run is asked to consider; what reference source factories receive."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     settings: Settings
     root: Path

@@ -373,15 +373,6 @@ class Settings:
         object.__setattr__(self, "_sources", sources)
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
-        """In a pydantic model's field (``keel.gc.GcOptions.settings``), accept a Settings as
-        it is: without this, pydantic would rebuild it field by field as a dataclass. Pydantic
-        is imported only when such a model is built."""
-        from pydantic_core import core_schema
-
-        return core_schema.is_instance_schema(cls)
-
-    @classmethod
     def fields(cls) -> tuple[Setting, ...]:
         """Every setting with its environment variable, default, description and type.
 

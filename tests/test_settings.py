@@ -261,15 +261,3 @@ def test_a_bad_variable_is_one_line_from_the_cli(tmp_path: Path) -> None:
     assert done.stderr.strip() == (
         "Error: invalid setting KEEL_METRIC_FLUSH_SIZE='lots': expected an integer greater than 0"
     )
-
-
-def test_a_pydantic_model_can_hold_settings(tmp_path: Path) -> None:
-    from pydantic import BaseModel, ValidationError
-
-    class Holder(BaseModel):
-        settings: Settings
-
-    settings = Settings(home=tmp_path / "k")
-    assert Holder(settings=settings).settings is settings
-    with pytest.raises(ValidationError):
-        Holder(settings={"home": str(tmp_path)})  # type: ignore[arg-type]
