@@ -138,3 +138,24 @@ def test_concurrent_add_processes_of_different_paths(home: Path, tmp_path: Path)
     rows = json.loads(_run_main(CliRunner(), ["data", "status", "--json"]).output)
     assert [r["path"] for r in rows] == [f"set{i}" for i in range(4)]
     assert all(r["up_to_date"] for r in rows)
+
+
+def test_status_and_add_load_no_heavy_libraries(tmp_path: Path) -> None:
+    """``keel data status`` and ``add`` answer in ~0.35 s on 20,000 files: pydantic, pandas,
+    pyarrow, SQLAlchemy, rich or fsspec loaded on their path would add 0.1-0.3 s each."""
+    _write(tmp_path / "images" / "cat.txt", "meow")
+    heavy = ("pydantic", "pandas", "pyarrow", "sqlalchemy", "rich", "fsspec", "numpy")
+    for command in (["data", "add", "images"], ["data", "status"]):
+        code = (
+            "import sys\n"
+            "from keel.cli import main\n"
+            f"sys.argv = ['keel', *{command!r}]\n"
+            "try:\n    main()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "[]", (command, done.stdout)
