@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -35,7 +36,13 @@ __all__ = [
     "metadata",
     "metric_blocks",
     "metrics",
+    "model_aliases",
+    "model_audit",
+    "model_version_tags",
+    "model_versions",
     "params",
+    "registered_model_tags",
+    "registered_models",
     "run_inputs",
     "runs",
     "tags",
@@ -316,4 +323,96 @@ run_inputs = Table(
     ),
     Column("context", String(64), primary_key=True),  # train | eval | ...
     Column("created_at", BigInteger, nullable=False),
+)
+
+
+# revision 0010: the model registry (keel.models); model_audit refuses UPDATE and DELETE through
+# triggers the migration creates
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("model_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("latest_version", Integer, nullable=False),  # 0 before the first version
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version_id", BIGINT, primary_key=True, autoincrement=True),
+    Column(
+        "model_id",
+        Integer,
+        ForeignKey("registered_models.model_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("version", Integer, nullable=False),  # 1, 2, 3... per model
+    Column("source", Text, nullable=False),  # runs:/RUN_ID/PATH
+    Column("run_id", String(32), nullable=True, index=True),  # not a foreign key: history
+    Column("digest", String(64), nullable=False, index=True),  # the folder's manifest
+    Column("flavor", String(64), nullable=False),
+    Column("signature", Text, nullable=True),  # Signature JSON
+    Column("description", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    UniqueConstraint("model_id", "version"),
+)
+
+registered_model_tags = Table(
+    "registered_model_tags",
+    metadata,
+    Column(
+        "model_id",
+        Integer,
+        ForeignKey("registered_models.model_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+model_version_tags = Table(
+    "model_version_tags",
+    metadata,
+    Column(
+        "version_id",
+        BigInteger,
+        ForeignKey("model_versions.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(250), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("model_id", Integer, primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(256), nullable=False),
+    # an alias points at an existing version, which cannot be deleted while it does
+    ForeignKeyConstraint(
+        ["model_id", "version"], ["model_versions.model_id", "model_versions.version"]
+    ),
+)
+
+model_audit = Table(
+    "model_audit",
+    metadata,
+    Column("id", BIGINT, primary_key=True, autoincrement=True),
+    Column("model", String(128), nullable=False),  # the name, not a key: the trail outlives it
+    Column("action", String(32), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("alias", String(64), nullable=True),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("detail", Text, nullable=False),  # JSON object
+    Column("at", BigInteger, nullable=False),
+    Index("ix_model_audit_model_id", "model", "id"),
 )

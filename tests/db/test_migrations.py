@@ -207,3 +207,32 @@ def test_the_migration_fills_the_rollup_from_existing_points(fresh_url: str) -> 
     expected = {row["block"]: row for row in block_rows(history)}
     assert stored == expected
     engine.dispose()
+
+
+def test_the_model_registry_downgrades_and_upgrades_again(fresh_url: str) -> None:
+    """0010 goes down cleanly (tables, triggers and the PostgreSQL function) and comes back."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(fresh_url)
+    ensure_schema(engine)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+        conn.commit()
+    assert current_revision(engine) == "0009"
+    assert "model_audit" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert current_revision(engine) == HEAD_REVISION
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_audit (model, action, actor, detail, at) "
+                "VALUES ('m', 'create_model', 'u', '{}', 1)"
+            )
+        )
+    with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM model_audit"))
+    engine.dispose()
