@@ -1,0 +1,212 @@
+"""``load``: a logged or registered model as a :class:`Predictor` whose ``predict`` checks its
+input against the model's signature.
+
+The model's files are downloaded through the tracking client, which hashes every file as it
+reads it (a corrupt object is a :class:`~keel.errors.StorageError` naming it), into
+``<home>/models/<digest>/``, where ``<digest>`` is the folder's digest: a complete folder is
+renamed into place only after every file checked out, so a second load of the same model reads
+no model bytes again. For ``models:/`` URIs the registered version names the digest, so a cached
+model loads without asking the store anything, and a folder whose files changed since it was
+registered is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from keel.errors import InvalidInput, StorageError
+from keel.models.flavors import get_flavor
+from keel.models.flavors.base import Predict
+from keel.models.models import MANIFEST_FILE, ModelManifest, Signature
+from keel.models.packaging import (
+    EXAMPLE_ARRAY_FILE,
+    folder_digest,
+    folder_entries,
+    read_manifest_of,
+)
+from keel.models.signature import as_frame, check
+from keel.models.uris import ModelsUri, RunsUri, parse_model_uri
+from keel.tracking import fluent
+from keel.tracking.remote import TrackingClient
+
+__all__ = ["CACHE_FOLDER", "Predictor", "load"]
+
+CACHE_FOLDER = "models"
+"""Loaded models live in ``<home>/models/<digest>/``."""
+
+
+class Predictor:
+    """A loaded model: ``predict`` checks input against the signature, then asks the model.
+
+    Attributes:
+        uri: what it was loaded from.
+        manifest: its ``keel-model.json``.
+        digest: the folder's digest.
+        path: the local folder holding its files.
+        raw: the framework's own model object (a fitted Pipeline, a Booster, an
+            InferenceSession, an ``nn.Module``, a PythonModel).
+    """
+
+    def __init__(
+        self,
+        *,
+        uri: str,
+        manifest: ModelManifest,
+        digest: str,
+        path: Path,
+        raw: Any,
+        predict: Predict,
+    ) -> None:
+        self.uri = uri
+        self.manifest = manifest
+        self.digest = digest
+        self.path = path
+        self.raw = raw
+        self._predict = predict
+
+    def __repr__(self) -> str:
+        return f"<Predictor {self.uri} {self.manifest.flavor} {self.manifest.model_class}>"
+
+    @property
+    def signature(self) -> Signature | None:
+        """What ``predict`` takes and returns (None when the model was logged without one)."""
+        return self.manifest.signature
+
+    def predict(self, data: Any) -> Any:
+        """Predictions for ``data`` (a DataFrame, an array, a dict of columns, row dicts).
+
+        The input is checked against the signature first: columns are put in its order and
+        integer columns widen to float where floats are expected.
+
+        Raises:
+            SchemaMismatch: a column is missing, unexpected or of the wrong type (the message
+                names it, what was expected and what came), or an array's dtype or shape
+                differs.
+
+        Example:
+            >>> model.predict({"age": [0.03], "bmi": [0.06]})  # doctest: +SKIP
+            array([151.2])
+        """
+        if isinstance(data, Mapping) or (
+            isinstance(data, list) and data and isinstance(data[0], Mapping)
+        ):
+            data = as_frame(data)
+        return self._predict(check(data, self.manifest.signature))
+
+    def input_example(self) -> Any:
+        """The input example logged with the model (a DataFrame or an array), or None."""
+        name = self.manifest.input_example
+        if name is None:
+            return None
+        if name == EXAMPLE_ARRAY_FILE:
+            import numpy as np
+
+            return np.load(self.path / name, allow_pickle=False)
+        import pandas as pd
+
+        return pd.read_parquet(self.path / name)
+
+
+def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
+    """Load a model: ``runs:/RUN_ID/PATH``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``.
+
+    Args:
+        uri: where the model is.
+        dst: the cache folder to use instead of ``<home>/models`` (the files land in
+            ``dst/<digest>/``).
+
+    Returns:
+        A :class:`Predictor`.
+
+    Raises:
+        InvalidInput: a malformed URI, or the folder is not a Keel model.
+        NotFound: no such run, folder, registered model, version or alias.
+        StorageError: a stored file does not match its hash, or a registered version's files
+            changed since it was registered.
+        MissingExtra: the model's framework is not installed.
+
+    Example:
+        >>> model = keel.models.load("models:/diabetes@champion")
+        >>> model.predict(X.head())  # doctest: +SKIP
+    """
+    parsed = parse_model_uri(uri)
+    active = fluent.active_run()
+    client = active.client if active is not None else fluent.get_client()
+    expected: str | None = None
+    if isinstance(parsed, ModelsUri):
+        source, expected = _registered(parsed, client)
+    else:
+        source = parsed
+    root = Path(dst) if dst is not None else client.settings.home_path / CACHE_FOLDER
+    folder = root / expected if expected is not None else None
+    if folder is None or not (folder / MANIFEST_FILE).is_file():
+        folder = _fetch(client, source, root, expected)
+    manifest = ModelManifest.model_validate_json(
+        (folder / MANIFEST_FILE).read_text(encoding="utf-8")
+    )
+    flavor = get_flavor(manifest.flavor)
+    raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
+    return Predictor(
+        uri=uri,
+        manifest=manifest,
+        digest=folder.name,
+        path=folder,
+        raw=raw,
+        predict=flavor.predictor(raw, folder),
+    )
+
+
+def _registered(parsed: ModelsUri, client: TrackingClient) -> tuple[RunsUri, str]:
+    """The ``runs:/`` source and the digest of a registered version."""
+    try:
+        from keel.models.api import get_version
+    except ImportError:
+        raise InvalidInput(
+            f"{parsed} names a registered model, but this Keel has no model registry yet; "
+            "load the run's model with runs:/RUN_ID/model"
+        ) from None
+    version = get_version(parsed.name, parsed.selector, settings=client.settings)
+    source = parse_model_uri(version.source)
+    if not isinstance(source, RunsUri):
+        raise InvalidInput(
+            f"{parsed} was registered from {version.source}, which is not a run's model",
+            source=version.source,
+        )
+    return source, version.digest
+
+
+def _fetch(client: TrackingClient, source: RunsUri, root: Path, expected: str | None) -> Path:
+    """Download the model folder at ``source`` into ``root/<digest>`` unless it is there."""
+    run_id, path = source.run_id, source.path
+    entries = folder_entries(client.list_artifacts(run_id, path), path)
+    if not any(entry.path == f"{path}/{MANIFEST_FILE}" for entry in entries):
+        read_manifest_of(run_id, path, entries, client=client)  # raises: says what is wrong
+    digest = folder_digest(entries, path)
+    if expected is not None and digest != expected:
+        raise StorageError(
+            f"the files at {source} changed since the model was registered: they hash to "
+            f"{digest}, the registered version to {expected}",
+            source=str(source),
+            expected=expected,
+            actual=digest,
+        )
+    folder = root / digest
+    if (folder / MANIFEST_FILE).is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-{uuid.uuid4().hex[:6]}-", dir=root))
+    try:
+        downloaded = client.download_artifacts(run_id, path, dst=staging)
+        try:
+            downloaded.rename(folder)
+        except OSError:
+            if not (folder / MANIFEST_FILE).is_file():  # not a concurrent load's copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
