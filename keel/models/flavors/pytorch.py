@@ -78,8 +78,10 @@ def _tensor(torch: Any, data: Any, dtype: Any) -> Any:
     import numpy as np
 
     if not isinstance(data, torch.Tensor):
-        array = data.to_numpy() if hasattr(data, "to_numpy") else np.asarray(data)
-        data = torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
+        if not array.flags.writeable:  # pandas' copy-on-write views; torch wants to own them
+            array = array.copy()
+        data = torch.from_numpy(array)
     return data.to(dtype) if data.is_floating_point() else data
 
 
