@@ -89,13 +89,32 @@ def _dataset_versions(options: GcOptions) -> ReferenceSource | None:
     return references
 
 
+def _model_versions(options: GcOptions) -> ReferenceSource | None:
+    url = make_url(options.settings.db_url)
+    if options.settings.tracking_uri:
+        return None  # the runs source refuses already: the server's database is elsewhere
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return None  # no database: no registered models (and none is created)
+
+    def references() -> Iterator[Reference]:
+        from keel.models.api import model_version_references  # pydantic etc. only when used
+
+        # a version keeps its folder (manifest and files) after its run is purged
+        for ref in model_version_references(options.settings):
+            yield Reference(ref.digest, True, f"model version {ref.name}/{ref.version}")
+
+    return references
+
+
 REFERENCE_SOURCES: dict[str, SourceFactory] = {
     "working tree pointers": _working_tree,
     "git history pointers": _git_history,
     "runs": _runs,
     "dataset versions": _dataset_versions,
+    "model versions": _model_versions,
 }
-"""Name -> factory of every kind of referrer gc asks; issue 5 adds models and aliases."""
+"""Name -> factory of every kind of referrer gc asks (aliases point at versions, so the model
+versions cover them)."""
 
 
 def gc(

@@ -1,0 +1,779 @@
+"""The model registry: register logged models, move aliases, tag, diff, trace, audit.
+
+``register("runs:/RUN_ID/model", "churn")`` checks the folder is a Keel model (its
+``keel-model.json``), then records version 1, 2, 3... of ``churn`` with the folder's digest, so
+the version names those exact bytes. Aliases (``champion``, ``challenger``...) point at versions
+and move atomically; every change lands in the model's append-only audit trail
+(:func:`history`) with who made it, when and why.
+
+A :class:`Registry` works over one :class:`~keel.settings.Settings` (its database and artifact
+store); the module functions make one per call, as :mod:`keel.data.api` does. The registry is
+local this session: with a tracking server (``KEEL_TRACKING_URI``) these raise
+:class:`~keel.errors.InvalidInput`, rather than write to a database the server never sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+
+from pydantic import ValidationError
+
+from keel.artifacts import ArtifactStore
+from keel.artifacts.models import manifest_bytes
+from keel.errors import InvalidInput, KeelError, NotFound, StorageError
+from keel.models.compare import ModelDiff, Side, diff_versions
+from keel.models.lineage import (
+    ENVIRONMENT_TAGS,
+    LineageEdge,
+    LineageNode,
+    ModelLineage,
+    alias_node,
+    dataset_node,
+    run_node,
+    version_node,
+)
+from keel.models.models import (
+    MANIFEST_FILE,
+    AuditEvent,
+    ModelManifest,
+    ModelVersion,
+    RegisteredModel,
+)
+from keel.models.packaging import read_manifest
+from keel.models.store import ModelStore, VersionReference
+from keel.models.uris import (
+    LATEST,
+    ModelsUri,
+    RunsUri,
+    check_alias,
+    check_model_name,
+    parse_model_uri,
+    parse_version_ref,
+)
+from keel.settings import Settings
+from keel.tracking.api import Client
+from keel.tracking.models import Run
+from keel.tracking.source import current_user
+
+__all__ = [
+    "Registry",
+    "delete_alias",
+    "delete_tag",
+    "diff",
+    "get_model",
+    "get_version",
+    "history",
+    "lineage",
+    "list_models",
+    "list_versions",
+    "model_version_references",
+    "register",
+    "set_alias",
+    "set_description",
+    "set_tag",
+]
+
+MAX_TAG_KEY = 250
+
+
+class Registry:
+    """The model registry over one store and database.
+
+    Args:
+        settings: where the database and artifact store are; default ``Settings()``.
+        actor: who makes the changes (the audit trail's ``actor``); default the OS user.
+
+    Raises:
+        InvalidInput: ``settings`` names a tracking server (the registry is local for now).
+
+    Example:
+        >>> with Registry() as registry:
+        ...     registry.set_alias("churn", "champion", 3, reason="rmse 52 < 57")
+    """
+
+    def __init__(self, settings: Settings | None = None, *, actor: str | None = None) -> None:
+        self.settings = settings or Settings()
+        _check_local(self.settings)
+        self.actor = actor or current_user()
+        from keel.db import ensure_schema, make_engine
+
+        self._engine = make_engine(
+            self.settings.db_url, busy_timeout=self.settings.sqlite_busy_timeout
+        )
+        try:
+            ensure_schema(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self.store = ModelStore(self._engine)
+        self._client: Client | None = None
+        self._artifacts: ArtifactStore | None = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the database connections (and the tracking client, if one was opened)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._engine.dispose()
+
+    @property
+    def client(self) -> Client:
+        """The tracking client on the same settings, opened on first use."""
+        if self._client is None:
+            self._client = Client(self.settings)
+        return self._client
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact store the versions' files are in."""
+        if self._artifacts is None:
+            self._artifacts = ArtifactStore(self.settings.artifacts_url)
+        return self._artifacts
+
+    # -- registering ------------------------------------------------------------------------
+
+    def register(
+        self,
+        uri: str,
+        name: str,
+        *,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> ModelVersion:
+        """Register the logged model at ``uri`` as the next version of ``name``.
+
+        See :func:`register`.
+        """
+        check_model_name(name)
+        source = parse_model_uri(uri)
+        if not isinstance(source, RunsUri):
+            raise InvalidInput(
+                f"register a run's logged model (runs:/RUN_ID/model), not {uri}: a registered "
+                "version already has a name and number",
+                uri=uri,
+            )
+        checked_tags = _check_tags(tags)
+        self.client.get_run(source.run_id)  # NotFound names the run
+        manifest, digest = read_manifest(source.run_id, source.path, client=self.client)
+        self._keep_folder_manifest(source, digest)
+        return self.store.create_version(
+            name,
+            source=str(source),
+            run_id=source.run_id,
+            digest=digest,
+            flavor=manifest.flavor,
+            signature=manifest.signature,
+            actor=self.actor,
+            description=description,
+            tags=checked_tags,
+        )
+
+    def _keep_folder_manifest(self, source: RunsUri, digest: str) -> None:
+        """Store the folder's manifest object unless it is there, so the version's digest
+        names a listing gc can follow to the files once the run is gone."""
+        if self.artifacts.exists(digest):
+            return
+        prefix = f"{source.path}/"
+        files = {
+            entry.path[len(prefix) :]: (entry.digest, entry.size)
+            for entry in self.client.list_artifacts(source.run_id, source.path)
+            if entry.path.startswith(prefix)
+        }
+        stored = self.artifacts.put_bytes(manifest_bytes(files))
+        if stored.digest != digest:  # pragma: no cover - read_manifest computed the same bytes
+            raise StorageError(f"the folder manifest of {source} hashes to {stored.digest}")
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get_model(self, name: str) -> RegisteredModel:
+        """See :func:`get_model`."""
+        return self.store.get_model(check_model_name(name))
+
+    def get_version(self, name: str, version_or_alias: int | str = LATEST) -> ModelVersion:
+        """See :func:`get_version`."""
+        check_model_name(name)
+        selector = _selector(version_or_alias)
+        if isinstance(selector, int):
+            return self.store.get_version(name, selector)
+        if selector == LATEST:
+            return self.store.get_latest_version(name)
+        return self.store.get_version_by_alias(name, selector)
+
+    def resolve(self, ref: str | ModelVersion) -> ModelVersion:
+        """The version ``ref`` names: ``NAME/3``, ``NAME@champion``, ``models:/...`` or itself."""
+        if isinstance(ref, ModelVersion):
+            return ref
+        parsed = parse_version_ref(ref)
+        return self.get_version(parsed.name, parsed.selector)
+
+    def list_models(self, *, name_like: str | None = None) -> list[RegisteredModel]:
+        """See :func:`list_models`."""
+        return self.store.list_models(name_like=name_like)
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """See :func:`list_versions`."""
+        return self.store.list_versions(check_model_name(name))
+
+    def search_versions(
+        self, *, name: str | None = None, run_id: str | None = None
+    ) -> list[ModelVersion]:
+        """Versions of ``name`` and/or registered from run ``run_id``; all when neither."""
+        return self.store.search_versions(name=name, run_id=run_id)
+
+    def history(self, name: str) -> list[AuditEvent]:
+        """See :func:`history`."""
+        return self.store.history(check_model_name(name))
+
+    def manifest(self, version: ModelVersion) -> ModelManifest:
+        """The ``keel-model.json`` of ``version``, read from the store by the version's digest
+        (the exact bytes registered, also after its run is gone).
+
+        Raises:
+            NotFound: the folder or its manifest is not in the store.
+            StorageError: the stored bytes are corrupt.
+        """
+        files = self.artifacts.read_manifest(version.digest)
+        if MANIFEST_FILE not in files:
+            raise NotFound(
+                f"{version.uri} has no {MANIFEST_FILE} in its folder {version.digest}",
+                digest=version.digest,
+            )
+        data = self.artifacts.read_bytes(files[MANIFEST_FILE].digest)
+        try:
+            return ModelManifest.model_validate_json(data)
+        except ValidationError as error:
+            raise StorageError(f"{version.uri}'s {MANIFEST_FILE} does not parse: {error}") from None
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def set_alias(
+        self, name: str, alias: str, version: int | str, *, reason: str | None = None
+    ) -> ModelVersion:
+        """See :func:`set_alias`."""
+        check_model_name(name)
+        check_alias(alias)
+        number = _selector(version)
+        if not isinstance(number, int):
+            raise InvalidInput(
+                f"an alias points at a version number, not {version!r}", version=repr(version)
+            )
+        self.store.set_alias(name, alias, number, actor=self.actor, reason=reason)
+        return self.store.get_version(name, number)
+
+    def delete_alias(self, name: str, alias: str, *, reason: str | None = None) -> int:
+        """See :func:`delete_alias`."""
+        return self.store.delete_alias(
+            check_model_name(name), alias, actor=self.actor, reason=reason
+        )
+
+    def set_tag(self, name: str, key: str, value: str, *, version: int | None = None) -> None:
+        """See :func:`set_tag`."""
+        _check_tags({key: value})
+        self.store.set_tag(check_model_name(name), key, value, actor=self.actor, version=version)
+
+    def delete_tag(self, name: str, key: str, *, version: int | None = None) -> None:
+        """See :func:`delete_tag`."""
+        self.store.delete_tag(check_model_name(name), key, actor=self.actor, version=version)
+
+    def set_description(self, name: str, description: str, *, version: int | None = None) -> None:
+        """See :func:`set_description`."""
+        if not isinstance(description, str):
+            raise InvalidInput(f"a description is text, not {description!r}")
+        check_model_name(name)
+        if version is None:
+            self.store.set_model_description(name, description, actor=self.actor)
+        else:
+            self.store.set_version_description(name, version, description, actor=self.actor)
+
+    # -- diff and lineage -------------------------------------------------------------------
+
+    def diff(self, left: str | ModelVersion, right: str | ModelVersion) -> ModelDiff:
+        """See :func:`diff`."""
+        versions = [self.resolve(left), self.resolve(right)]
+        inputs = self._inputs_by_run({v.run_id for v in versions if v.run_id})
+        sides = []
+        for version in versions:
+            manifest = self._manifest_or_none(version)
+            run = self._run_or_none(version.run_id)
+            params = dict(manifest.params) if manifest else {}
+            metrics = dict(manifest.metrics) if manifest else {}
+            if run is not None:
+                params.update(run.params)
+                metrics.update(run.metrics)
+            used = {
+                f"{ref.split('@')[0]} ({context})": ref
+                for ref, context in _training_data(version.run_id, [manifest], inputs)
+            }
+            sides.append(
+                Side(version, manifest=manifest, params=params, metrics=metrics, inputs=used)
+            )
+        return diff_versions(sides[0], sides[1])
+
+    def lineage(self, uri: str | ModelVersion) -> ModelLineage:
+        """See :func:`lineage`."""
+        versions, root_run = self._lineage_roots(uri)
+        run_ids = {v.run_id for v in versions if v.run_id} | ({root_run} if root_run else set())
+        inputs = self._inputs_by_run(run_ids)
+        nodes: dict[str, LineageNode] = {}
+        edges: list[LineageEdge] = []
+        for run_id in sorted(run_ids):
+            run = self._run_node(run_id)
+            nodes[run.id] = run
+            manifests = [self._manifest_or_none(v) for v in versions if v.run_id == run_id]
+            for ref, context in _training_data(run_id, manifests, inputs):
+                data = nodes.setdefault(f"dataset:{ref}", self._dataset_node(ref))
+                edges.append(
+                    LineageEdge(source=data.id, target=run.id, relation="input", context=context)
+                )
+        for version in versions:
+            node = version_node(version)
+            nodes[node.id] = node
+            if version.run_id:
+                edges.append(
+                    LineageEdge(source=f"run:{version.run_id}", target=node.id, relation="logged")
+                )
+            for alias in version.aliases:
+                target = nodes.setdefault(
+                    f"alias:{version.name}@{alias}", alias_node(version.name, alias)
+                )
+                edges.append(LineageEdge(source=node.id, target=target.id, relation="alias"))
+        root = f"run:{root_run}" if root_run else version_node(versions[0]).id
+        order = {"dataset": 0, "run": 1, "model_version": 2, "alias": 3}
+        ordered = sorted(nodes.values(), key=lambda n: order[n.kind])
+        return ModelLineage(root=root, nodes=ordered, edges=edges)
+
+    def _lineage_roots(self, uri: str | ModelVersion) -> tuple[list[ModelVersion], str | None]:
+        """The versions a lineage shows, and the run it starts from for a ``runs:/`` URI."""
+        if isinstance(uri, ModelVersion):
+            return [uri], None
+        parsed = _parse_any(uri)
+        if isinstance(parsed, ModelsUri):
+            return [self.get_version(parsed.name, parsed.selector)], None
+        self.client.get_run(parsed.run_id)  # NotFound names the run
+        registered = self.search_versions(run_id=parsed.run_id)
+        return [v for v in registered if v.source == str(parsed)], parsed.run_id
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _manifest_or_none(self, version: ModelVersion) -> ModelManifest | None:
+        try:
+            return self.manifest(version)
+        except KeelError:
+            return None
+
+    def _run_or_none(self, run_id: str | None) -> Run | None:
+        if run_id is None:
+            return None
+        try:
+            return self.client.get_run(run_id)
+        except NotFound:
+            return None
+
+    def _run_node(self, run_id: str) -> LineageNode:
+        run = self._run_or_none(run_id)
+        if run is None:
+            return run_node(run_id, label=run_id, missing=True)
+        environment = {
+            shown: run.tags[tag] for tag, shown in ENVIRONMENT_TAGS.items() if tag in run.tags
+        }
+        return run_node(
+            run_id,
+            label=run.run_name,
+            experiment_id=run.experiment_id,
+            status=run.status.value,
+            user=run.user,
+            start_time=run.start_time,
+            commit=environment.pop("commit", None),
+            params=dict(run.params),
+            metrics=dict(run.metrics),
+            environment=environment,
+        )
+
+    def _dataset_node(self, ref: str) -> LineageNode:
+        from keel.data.versions import get_version as get_dataset_version
+
+        try:
+            found = get_dataset_version(ref, settings=self.settings)
+        except KeelError:
+            return dataset_node(ref, missing=True)
+        return dataset_node(
+            ref,
+            digest=found.digest,
+            kind=found.kind,
+            format=found.format,
+            size=found.size,
+            source=found.source,
+            rows=found.profile.rows if found.profile is not None else None,
+        )
+
+    def _inputs_by_run(self, run_ids: set[str]) -> dict[str, list[tuple[str, str]]]:
+        """``{run_id: [(NAME@VERSION, context), ...]}``: the dataset versions each run read.
+
+        keel.data answers "which runs read this version" (:func:`keel.data.lineage`), so this
+        asks it of every version; fine for a registry's handful of datasets.
+        """
+        found: dict[str, list[tuple[str, str]]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        from keel.data.versions import lineage as dataset_lineage
+        from keel.data.versions import list_datasets, list_versions
+
+        for dataset in list_datasets(settings=self.settings):
+            for version in list_versions(dataset.name, settings=self.settings):
+                for used in dataset_lineage(version, settings=self.settings).used_by:
+                    if used.run_id in found and used.context is not None:
+                        found[used.run_id].append((version.ref, used.context))
+        return found
+
+
+# -- module functions --------------------------------------------------------------------------
+
+
+def register(
+    uri: str,
+    name: str,
+    *,
+    description: str = "",
+    tags: Mapping[str, str] | None = None,
+    settings: Settings | None = None,
+) -> ModelVersion:
+    """Register the logged model at ``uri`` as the next version of ``name``.
+
+    The model is registered as it is now: its folder's digest is recorded, and loading the
+    version later checks the files still hash to it. The name is created on first use.
+
+    Args:
+        uri: ``runs:/RUN_ID/PATH`` of a model logged with :func:`keel.models.log_model`.
+        name: the registered model's name (letters, digits, ``.``, ``_``, ``-``).
+        description: the version's description.
+        tags: the version's tags.
+        settings: where the database and store are; default ``Settings()``.
+
+    Returns:
+        The new :class:`~keel.models.models.ModelVersion` (1 for a new name).
+
+    Raises:
+        InvalidInput: a malformed URI or name, the folder is not a Keel model, or a tracking
+            server is configured.
+        NotFound: no such run, or nothing at that path in its artifacts.
+
+    Example:
+        >>> version = keel.models.register(logged.uri, "churn")  # doctest: +SKIP
+        >>> version.uri
+        'models:/churn/1'
+    """
+    with Registry(settings) as registry:
+        return registry.register(uri, name, description=description, tags=tags)
+
+
+def get_model(name: str, *, settings: Settings | None = None) -> RegisteredModel:
+    """The registered model ``name``: description, tags, aliases, latest version.
+
+    Raises:
+        NotFound: no such model (the message names similar ones).
+
+    Example:
+        >>> get_model("churn").aliases  # doctest: +SKIP
+        {'champion': 3}
+    """
+    with Registry(settings) as registry:
+        return registry.get_model(name)
+
+
+def get_version(
+    name: str, version_or_alias: int | str = LATEST, *, settings: Settings | None = None
+) -> ModelVersion:
+    """A registered version by number (``3`` or ``"3"``), alias (``"champion"``) or ``"latest"``.
+
+    Raises:
+        InvalidInput: a malformed name, version or alias.
+        NotFound: no such model, version or alias (the message lists those that exist).
+
+    Example:
+        >>> get_version("churn", "champion").version  # doctest: +SKIP
+        3
+    """
+    with Registry(settings) as registry:
+        return registry.get_version(name, version_or_alias)
+
+
+def list_models(
+    *, name_like: str | None = None, settings: Settings | None = None
+) -> list[RegisteredModel]:
+    """Every registered model, by name; ``name_like`` filters with a SQL LIKE pattern.
+
+    Example:
+        >>> [m.name for m in list_models(name_like="churn%")]  # doctest: +SKIP
+        ['churn', 'churn-small']
+    """
+    with Registry(settings) as registry:
+        return registry.list_models(name_like=name_like)
+
+
+def list_versions(name: str, *, settings: Settings | None = None) -> list[ModelVersion]:
+    """Every version of ``name``, newest first.
+
+    Raises:
+        NotFound: no such model.
+
+    Example:
+        >>> [v.version for v in list_versions("churn")]  # doctest: +SKIP
+        [3, 2, 1]
+    """
+    with Registry(settings) as registry:
+        return registry.list_versions(name)
+
+
+def set_alias(
+    name: str,
+    alias: str,
+    version: int | str,
+    *,
+    reason: str | None = None,
+    settings: Settings | None = None,
+) -> ModelVersion:
+    """Point ``alias`` of ``name`` at ``version``, moving it atomically if it is set.
+
+    The move and its audit row (who, when, from which version, ``reason``) are one transaction.
+
+    Returns:
+        The version the alias now points at.
+
+    Raises:
+        InvalidInput: a malformed alias (``latest`` is reserved) or version.
+        NotFound: no such model or version.
+
+    Example:
+        >>> set_alias("churn", "champion", 3, reason="rmse 52 < 57")  # doctest: +SKIP
+    """
+    with Registry(settings) as registry:
+        return registry.set_alias(name, alias, version, reason=reason)
+
+
+def delete_alias(
+    name: str, alias: str, *, reason: str | None = None, settings: Settings | None = None
+) -> int:
+    """Remove ``alias`` of ``name`` (audited).
+
+    Returns:
+        The version it pointed at.
+
+    Raises:
+        NotFound: no such model or alias.
+
+    Example:
+        >>> delete_alias("churn", "challenger")  # doctest: +SKIP
+        4
+    """
+    with Registry(settings) as registry:
+        return registry.delete_alias(name, alias, reason=reason)
+
+
+def set_tag(
+    name: str,
+    key: str,
+    value: str,
+    *,
+    version: int | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Set tag ``key`` on model ``name``, or on its version ``version`` (audited).
+
+    Raises:
+        InvalidInput: an empty or too long key, or a value that is not text.
+        NotFound: no such model or version.
+
+    Example:
+        >>> set_tag("churn", "validated", "yes", version=3)  # doctest: +SKIP
+    """
+    with Registry(settings) as registry:
+        registry.set_tag(name, key, value, version=version)
+
+
+def delete_tag(
+    name: str, key: str, *, version: int | None = None, settings: Settings | None = None
+) -> None:
+    """Delete tag ``key`` from model ``name``, or from its version ``version`` (audited).
+
+    Raises:
+        NotFound: no such model, version or tag.
+
+    Example:
+        >>> delete_tag("churn", "validated", version=3)  # doctest: +SKIP
+    """
+    with Registry(settings) as registry:
+        registry.delete_tag(name, key, version=version)
+
+
+def set_description(
+    name: str,
+    description: str,
+    *,
+    version: int | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Replace the description of model ``name``, or of its version ``version`` (audited).
+
+    Raises:
+        NotFound: no such model or version.
+
+    Example:
+        >>> set_description("churn", "Predicts churn from 90 days of usage")  # doctest: +SKIP
+    """
+    with Registry(settings) as registry:
+        registry.set_description(name, description, version=version)
+
+
+def history(name: str, *, settings: Settings | None = None) -> list[AuditEvent]:
+    """The audit trail of model ``name``, oldest first: every registry change, who, when, why.
+
+    Raises:
+        NotFound: no such model and no events under that name.
+
+    Example:
+        >>> [(e.action, e.actor) for e in history("churn")][:2]  # doctest: +SKIP
+        [('create_model', 'ana'), ('create_version', 'ana')]
+    """
+    with Registry(settings) as registry:
+        return registry.history(name)
+
+
+def diff(
+    left: str | ModelVersion, right: str | ModelVersion, *, settings: Settings | None = None
+) -> ModelDiff:
+    """What differs between two versions: params, metrics, signature, requirements, data.
+
+    Args:
+        left: ``NAME/3``, ``NAME@champion``, ``models:/...`` or a ModelVersion.
+        right: the same.
+        settings: where the database and store are; default ``Settings()``.
+
+    Returns:
+        A :class:`~keel.models.compare.ModelDiff` listing only what differs.
+
+    Raises:
+        InvalidInput: a malformed reference.
+        NotFound: no such model, version or alias.
+
+    Example:
+        >>> [m.key for m in diff("churn@champion", "churn/4").metrics]  # doctest: +SKIP
+        ['rmse']
+    """
+    with Registry(settings) as registry:
+        return registry.diff(left, right)
+
+
+def lineage(uri: str | ModelVersion, *, settings: Settings | None = None) -> ModelLineage:
+    """Where a model version came from: data versions -> run -> version -> aliases, as a graph.
+
+    Args:
+        uri: ``NAME/3``, ``NAME@champion``, ``models:/...``, ``runs:/RUN_ID/PATH`` or a
+            ModelVersion.
+        settings: where the database and store are; default ``Settings()``.
+
+    Returns:
+        A :class:`~keel.models.lineage.ModelLineage` (nodes and edges; ``root`` is the
+        version's node, or the run's for a ``runs:/`` URI).
+
+    Raises:
+        InvalidInput: a malformed reference.
+        NotFound: no such model, version or alias.
+
+    Example:
+        >>> graph = lineage("churn@champion")  # doctest: +SKIP
+        >>> [n.kind for n in graph.nodes]
+        ['run', 'model_version', 'dataset', 'alias']
+    """
+    with Registry(settings) as registry:
+        return registry.lineage(uri)
+
+
+def model_version_references(settings: Settings) -> Iterator[VersionReference]:
+    """The folder digest of every registered version, for gc (:mod:`keel.gc`).
+
+    Example:
+        >>> {r.digest for r in model_version_references(Settings())}  # doctest: +SKIP
+        {'5b1e...'}
+    """
+    with Registry(settings) as registry:
+        yield from registry.store.references()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _check_local(settings: Settings) -> None:
+    if settings.tracking_uri:
+        raise InvalidInput(
+            f"the model registry is not served by the tracking server ({settings.tracking_uri}) "
+            "yet; registry routes come with the server work. Use it with a local or shared "
+            "database: unset KEEL_TRACKING_URI and set KEEL_DATABASE_URL to the server's "
+            "database",
+            tracking_uri=settings.tracking_uri,
+        )
+
+
+def _selector(value: int | str) -> int | str:
+    """A version number, ``latest``, or a checked alias."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"a version is a number from 1 or an alias, not {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise InvalidInput(f"a version is a number from 1, not {value}", version=value)
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
+        return _selector(int(value))
+    if value == LATEST:
+        return LATEST
+    return check_alias(value)
+
+
+def _parse_any(uri: str) -> RunsUri | ModelsUri:
+    if isinstance(uri, str) and uri.startswith(("runs:/", "models:/")):
+        return parse_model_uri(uri)
+    return parse_version_ref(uri)
+
+
+def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    checked = {}
+    for key, value in (tags or {}).items():
+        if not isinstance(key, str) or not key.strip() or len(key) > MAX_TAG_KEY:
+            raise InvalidInput(
+                f"a tag key is non-empty text of up to {MAX_TAG_KEY} characters, not {key!r}",
+                key=repr(key),
+            )
+        if not isinstance(value, str):
+            raise InvalidInput(f"tag {key!r}: a value is text, not {value!r}", key=key)
+        checked[key] = value
+    return checked
+
+
+def _training_data(
+    run_id: str | None,
+    manifests: list[ModelManifest | None],
+    inputs: Mapping[str, list[tuple[str, str]]],
+) -> list[tuple[str, str]]:
+    """``[(NAME@VERSION, context)]`` a run trained on: its models' manifests say, then what
+    the run recorded reading."""
+    found = [
+        (f"{ref.name}@{ref.version}", ref.context)
+        for manifest in manifests
+        if manifest is not None
+        for ref in manifest.inputs
+    ]
+    for item in inputs.get(run_id or "", []):
+        if item not in found:
+            found.append(item)
+    return found
