@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.errors import InvalidInput, StorageError
+from keel.models.api import get_version
 from keel.models.flavors import get_flavor
 from keel.models.flavors.base import Predict
 from keel.models.models import MANIFEST_FILE, ModelManifest, Signature
@@ -163,13 +164,6 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
 
 def _registered(parsed: ModelsUri, client: TrackingClient) -> tuple[RunsUri, str]:
     """The ``runs:/`` source and the digest of a registered version."""
-    try:
-        from keel.models.api import get_version
-    except ImportError:
-        raise InvalidInput(
-            f"{parsed} names a registered model, but this Keel has no model registry yet; "
-            "load the run's model with runs:/RUN_ID/model"
-        ) from None
     version = get_version(parsed.name, parsed.selector, settings=client.settings)
     source = parse_model_uri(version.source)
     if not isinstance(source, RunsUri):

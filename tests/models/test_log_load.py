@@ -15,6 +15,7 @@ import keel
 import keel.models
 from keel.artifacts import ArtifactStore
 from keel.errors import AlreadyExists, InvalidInput, NotFound, SchemaMismatch, StorageError
+from keel.models import api
 from keel.models.packaging import MODELS_TAG, LoggedModel, read_manifest
 from keel.settings import Settings
 from keel.tracking.fluent import get_client, set_client
@@ -153,7 +154,6 @@ def test_a_folder_that_is_not_a_keel_model_is_refused(home: Path, tmp_path: Path
 
 
 def test_registered_versions_load_by_number_alias_and_latest(home: Path, forest: object) -> None:
-    api = pytest.importorskip("keel.models.api", reason="the registry is not built yet")
     from sklearn.linear_model import Ridge
 
     X, y = diabetes()
@@ -176,7 +176,6 @@ def test_registered_versions_load_by_number_alias_and_latest(home: Path, forest:
 def test_files_added_after_registration_are_refused(
     home: Path, forest: object, tmp_path: Path
 ) -> None:
-    api = pytest.importorskip("keel.models.api", reason="the registry is not built yet")
     logged = _log(forest)
     api.register(logged.uri, "tampered")
     (tmp_path / "extra.txt").write_text("slipped in")
