@@ -30,11 +30,12 @@ __all__ = [
     "load",
     "log_dataset",
     "resolve",
+    "run_inputs",
     "status",
 ]
 
 _LAZY = dict.fromkeys(
-    ("get_version", "lineage", "list_versions", "load", "log_dataset", "resolve"),
+    ("get_version", "lineage", "list_versions", "load", "log_dataset", "resolve", "run_inputs"),
     "keel.data.versions",
 )
 

@@ -38,7 +38,13 @@ from keel.artifacts import ArtifactStore, walk_files
 from keel.data.models import dump_pointer, parse_pointer
 from keel.data.profile_models import TableProfile
 from keel.data.version_models import DatasetVersion
-from keel.data.versions_store import DatasetRun, DatasetSummary, Lineage, VersionStore
+from keel.data.versions_store import (
+    DatasetRun,
+    DatasetSummary,
+    Lineage,
+    RunInput,
+    VersionStore,
+)
 from keel.data.workspace import pointer_path_of, require_exists, write_text_atomically
 from keel.errors import InvalidInput, KeelError, StorageError
 from keel.settings import Settings
@@ -51,6 +57,7 @@ __all__ = [
     "DatasetSummary",
     "Lineage",
     "RunFinder",
+    "RunInput",
     "get_version",
     "lineage",
     "list_datasets",
@@ -63,6 +70,7 @@ __all__ = [
     "parse_ref",
     "register_run_finder",
     "resolve",
+    "run_inputs",
 ]
 
 RunFinder = Callable[[], "tuple[str, Settings] | None"]
@@ -496,6 +504,21 @@ def lineage(ref: str | DatasetVersion, *, settings: Settings | None = None) -> L
     name, number = _ref(ref)
     with _version_store(_for_reading(settings)) as versions:
         return versions.lineage(name, number)
+
+
+def run_inputs(run_id: str, *, settings: Settings | None = None) -> list[RunInput]:
+    """The dataset versions run ``run_id`` read (``keel.log_input``, ``keel.data.load``).
+
+    Returns:
+        One :class:`RunInput` (``version``, ``context``) per version and context, in the
+        order the run read them; empty for a run that read none (or an unknown run id).
+
+    Example:
+        >>> [i.version.ref for i in keel.data.run_inputs(run.run_id)]  # doctest: +SKIP
+        ['diabetes@2']
+    """
+    with _version_store(_for_reading(settings)) as versions:
+        return versions.run_inputs(run_id)
 
 
 # -- materialized copies ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ from keel.data.version_models import DatasetVersion
 from keel.db import schema, write_options
 from keel.errors import NotFound, StorageError
 
-__all__ = ["DatasetRun", "DatasetSummary", "Lineage", "VersionStore"]
+__all__ = ["DatasetRun", "DatasetSummary", "Lineage", "RunInput", "VersionStore"]
 
 ADD_ATTEMPTS = 50
 """Times :meth:`VersionStore.add_version` starts over after losing a race for a number."""
@@ -60,6 +60,13 @@ class Lineage(BaseModel):
     version: DatasetVersion
     produced_by: DatasetRun | None = Field(description="the run that logged it, if any")
     used_by: list[DatasetRun] = Field(description="runs that read it, oldest first")
+
+
+class RunInput(BaseModel):
+    """A dataset version a run read, and how it used it."""
+
+    version: DatasetVersion
+    context: str = Field(description='"train", "eval", ...')
 
 
 class DatasetSummary(BaseModel):
@@ -318,6 +325,19 @@ class VersionStore:
             produced_by=_run(producer, None, producer.start_time) if producer else None,
             used_by=[_run(row, row.context, row.created_at) for row in used],
         )
+
+    def run_inputs(self, run_id: str) -> list[RunInput]:
+        """The dataset versions run ``run_id`` read, in the order it read them (empty if none)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_dv, _ds.c.name, _ri.c.context)
+                .select_from(_ri)
+                .join(_dv, _dv.c.version_id == _ri.c.version_id)
+                .join(_ds, _ds.c.dataset_id == _dv.c.dataset_id)
+                .where(_ri.c.run_id == run_id)
+                .order_by(_ri.c.created_at, _ds.c.name, _dv.c.version, _ri.c.context)
+            ).all()
+        return [RunInput(version=_version(row.name, row), context=row.context) for row in rows]
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import keel
+import keel.data
 from keel.data.versions import lineage, list_versions, load, log_dataset, log_input
 from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
@@ -113,3 +114,20 @@ def test_inputs_of_unknown_runs_and_versions(settings: Settings, table: str) -> 
         keel.log_input("diabetes@5")
     with pytest.raises(NotFound, match="no dataset named"):
         lineage("nothing@1")
+
+
+def test_run_inputs_lists_what_a_run_read(settings: Settings, table: str) -> None:
+    log_dataset(pd.DataFrame({"x": [9.0]}), name="holdout")
+    with keel.start_run(name="fit") as run:
+        load(table)
+        load("holdout@1", context="eval")
+    with keel.start_run(name="other") as other:
+        pass
+    found = keel.data.run_inputs(run.run_id)
+    assert sorted((i.version.ref, i.context) for i in found) == [
+        ("diabetes@1", "train"),
+        ("holdout@1", "eval"),
+    ]
+    assert all(i.version.digest and i.version.kind == "file" for i in found)
+    assert keel.data.run_inputs(other.run_id) == []
+    assert keel.data.run_inputs("no-such-run") == []
