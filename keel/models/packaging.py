@@ -24,7 +24,7 @@ from keel.artifacts.models import manifest_bytes
 from keel.errors import AlreadyExists, InvalidInput, NotFound
 from keel.models.flavors import detect_flavor, get_flavor
 from keel.models.flavors.base import class_path
-from keel.models.models import MANIFEST_FILE, ModelManifest, Signature
+from keel.models.models import MANIFEST_FILE, DatasetRef, ModelManifest, Signature
 from keel.models.requirements import BASE_DISTRIBUTIONS, merge, pin
 from keel.models.signature import as_frame, check, infer_schema
 from keel.tracking import fluent
@@ -145,9 +145,7 @@ def log_model(
             keel_version=_keel_version(),
             run_id=run_id,
             artifact_path=path,
-            # The run's dataset inputs are not listed: neither keel.data nor keel.tracking has
-            # a public function returning a run's inputs yet (they sit in run_inputs).
-            inputs=[],
+            inputs=_run_inputs(run_id, client),
             metrics=dict(run.metrics),
             params=dict(run.params),
             created_at=datetime.now(UTC),
@@ -158,6 +156,24 @@ def log_model(
     logged = json.loads(run.tags.get(MODELS_TAG, "[]"))
     client.set_tag(run_id, MODELS_TAG, json.dumps([*logged, path]))
     return LoggedModel(run_id=run_id, artifact_path=path, digest=digest, manifest=manifest)
+
+
+def _run_inputs(run_id: str, client: TrackingClient) -> list[DatasetRef]:
+    """The dataset versions the run read, for the manifest's lineage. Dataset versions live in
+    the local database only (no server routes yet), so a run on a keel server records none."""
+    if client.settings.tracking_uri:
+        return []
+    from keel.data import run_inputs
+
+    return [
+        DatasetRef(
+            name=i.version.name,
+            version=i.version.version,
+            digest=i.version.digest,
+            context=i.context,
+        )
+        for i in run_inputs(run_id, settings=client.settings)
+    ]
 
 
 def read_manifest(

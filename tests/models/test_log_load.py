@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import keel
+import keel.data
 import keel.models
 from keel.artifacts import ArtifactStore
 from keel.errors import AlreadyExists, InvalidInput, NotFound, SchemaMismatch, StorageError
@@ -71,6 +72,20 @@ def test_the_manifest_records_what_loading_and_tracing_need(home: Path, forest: 
     assert json.loads(client.get_run(logged.run_id).tags[MODELS_TAG]) == ["model"]
     files = {e.path for e in client.list_artifacts(logged.run_id, "model")}
     assert files == {"model/keel-model.json", "model/model.joblib", "model/input_example.parquet"}
+
+
+def test_the_manifest_lists_the_dataset_versions_the_run_read(home: Path, forest: object) -> None:
+    X, y = diabetes()
+    train = keel.data.log_dataset(X.assign(target=y), name="diabetes")
+    with keel.start_run():
+        keel.data.load("diabetes@1")
+        keel.log_input(train, context="eval")
+        logged = keel.models.log_model(forest, input_example=X.head(3))
+    refs = sorted((r.name, r.version, r.context, r.digest) for r in logged.manifest.inputs)
+    assert refs == [
+        ("diabetes", 1, "eval", train.digest),
+        ("diabetes", 1, "train", train.digest),
+    ]
 
 
 def test_the_digest_is_the_artifact_store_digest_of_the_folder(
