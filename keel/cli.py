@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "audit": ("keel.auth.cli:audit", "Show who wrote what, when (admins)."),
     "data": ("keel.data.cli:data", "Version data files and folders in the content store."),
     "remote": ("keel.data.cli_remote:remote", "Add, list and remove data remotes (push/pull)."),
+    "models": ("keel.models.cli:models", "Register models, move aliases, diff and trace versions."),
 }
 
 

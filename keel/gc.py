@@ -95,12 +95,15 @@ def _model_versions(options: GcOptions) -> ReferenceSource | None:
         return None  # the runs source refuses already: the server's database is elsewhere
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
         return None  # no database: no registered models (and none is created)
+    from keel.models.api import model_version_references  # pydantic etc. only when used
+
+    versions = list(model_version_references(options.settings))
+    if not versions:
+        return None  # nothing registered: no line in the report
 
     def references() -> Iterator[Reference]:
-        from keel.models.api import model_version_references  # pydantic etc. only when used
-
         # a version keeps its folder (manifest and files) after its run is purged
-        for ref in model_version_references(options.settings):
+        for ref in versions:
             yield Reference(ref.digest, True, f"model version {ref.name}/{ref.version}")
 
     return references

@@ -207,7 +207,8 @@ def test_gc_keeps_a_registered_models_objects_after_its_run_is_gone(
     store = ArtifactStore(settings.artifacts_url)
     lost_files = store.read_manifest(lost.digest)
 
-    gc(grace=0, settings=settings, root=tmp_path)
+    report = gc(grace=0, settings=settings, root=tmp_path)
+    assert report.references["model versions"] == 1
 
     files = store.read_manifest(version.digest)
     assert MANIFEST_FILE in files and all(store.exists(b.digest) for b in files.values())
