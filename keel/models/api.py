@@ -419,23 +419,13 @@ class Registry:
         )
 
     def _inputs_by_run(self, run_ids: set[str]) -> dict[str, list[tuple[str, str]]]:
-        """``{run_id: [(NAME@VERSION, context), ...]}``: the dataset versions each run read.
+        """``{run_id: [(NAME@VERSION, context), ...]}``: the dataset versions each run read."""
+        from keel.data.versions import run_inputs
 
-        keel.data answers "which runs read this version" (:func:`keel.data.lineage`), so this
-        asks it of every version; fine for a registry's handful of datasets.
-        """
-        found: dict[str, list[tuple[str, str]]] = {run_id: [] for run_id in run_ids}
-        if not run_ids:
-            return found
-        from keel.data.versions import lineage as dataset_lineage
-        from keel.data.versions import list_datasets, list_versions
-
-        for dataset in list_datasets(settings=self.settings):
-            for version in list_versions(dataset.name, settings=self.settings):
-                for used in dataset_lineage(version, settings=self.settings).used_by:
-                    if used.run_id in found and used.context is not None:
-                        found[used.run_id].append((version.ref, used.context))
-        return found
+        return {
+            run_id: [(i.version.ref, i.context) for i in run_inputs(run_id, settings=self.settings)]
+            for run_id in run_ids
+        }
 
 
 # -- module functions --------------------------------------------------------------------------
