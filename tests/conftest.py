@@ -25,8 +25,11 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 _TABLES = (
     "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts, "
     "write_batches, users, api_tokens, experiment_grants, audit_log, metric_blocks, "
-    "datasets, dataset_versions, run_inputs"
+    "datasets, dataset_versions, run_inputs, registered_models, model_versions, "
+    "registered_model_tags, model_version_tags, model_aliases, model_audit"
 )
+"""Emptied after each PostgreSQL test (TRUNCATE is not a row change, so model_audit's
+append-only triggers allow it)."""
 
 
 def _pg_admin():  # type: ignore[no-untyped-def]
