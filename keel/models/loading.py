@@ -6,8 +6,9 @@ reads it (a corrupt object is a :class:`~keel.errors.StorageError` naming it), i
 ``<home>/models/<digest>/``, where ``<digest>`` is the folder's digest: a complete folder is
 renamed into place only after every file checked out, so a second load of the same model reads
 no model bytes again. For ``models:/`` URIs the registered version names the digest, so a cached
-model loads without asking the store anything, and a folder whose files changed since it was
-registered is refused.
+model loads without asking the store anything, and an uncached one is materialised from the
+artifact store by that digest: exactly the files that were registered, even if the run's folder
+gained files since or the run was deleted (gc keeps registered versions' objects).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from keel.errors import InvalidInput, StorageError
+from keel.artifacts import ArtifactStore
 from keel.models.api import get_version
 from keel.models.flavors import get_flavor
 from keel.models.flavors.base import Predict
@@ -32,6 +33,7 @@ from keel.models.packaging import (
 )
 from keel.models.signature import as_frame, check
 from keel.models.uris import ModelsUri, RunsUri, parse_model_uri
+from keel.settings import Settings
 from keel.tracking import fluent
 from keel.tracking.remote import TrackingClient
 
@@ -127,8 +129,7 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     Raises:
         InvalidInput: a malformed URI, or the folder is not a Keel model.
         NotFound: no such run, folder, registered model, version or alias.
-        StorageError: a stored file does not match its hash, or a registered version's files
-            changed since it was registered.
+        StorageError: a stored file does not match its hash (the message names it).
         MissingExtra: the model's framework is not installed.
 
     Example:
@@ -138,15 +139,14 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     parsed = parse_model_uri(uri)
     active = fluent.active_run()
     client = active.client if active is not None else fluent.get_client()
-    expected: str | None = None
-    if isinstance(parsed, ModelsUri):
-        source, expected = _registered(parsed, client)
-    else:
-        source = parsed
     root = Path(dst) if dst is not None else client.settings.home_path / CACHE_FOLDER
-    folder = root / expected if expected is not None else None
-    if folder is None or not (folder / MANIFEST_FILE).is_file():
-        folder = _fetch(client, source, root, expected)
+    if isinstance(parsed, ModelsUri):
+        version = get_version(parsed.name, parsed.selector, settings=client.settings)
+        folder = root / version.digest
+        if not (folder / MANIFEST_FILE).is_file():
+            folder = _materialize(client.settings, version.digest, root)
+    else:
+        folder = _fetch(client, parsed, root)
     manifest = ModelManifest.model_validate_json(
         (folder / MANIFEST_FILE).read_text(encoding="utf-8")
     )
@@ -162,40 +162,34 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     )
 
 
-def _registered(parsed: ModelsUri, client: TrackingClient) -> tuple[RunsUri, str]:
-    """The ``runs:/`` source and the digest of a registered version."""
-    version = get_version(parsed.name, parsed.selector, settings=client.settings)
-    source = parse_model_uri(version.source)
-    if not isinstance(source, RunsUri):
-        raise InvalidInput(
-            f"{parsed} was registered from {version.source}, which is not a run's model",
-            source=version.source,
-        )
-    return source, version.digest
+def _materialize(settings: Settings, digest: str, root: Path) -> Path:
+    """Write the registered folder ``digest`` from the artifact store into ``root/<digest>``."""
+    store = ArtifactStore(settings.artifacts_url)
+    return _into_cache(root, digest, lambda staging: store.get_dir(digest, staging / "model"))
 
 
-def _fetch(client: TrackingClient, source: RunsUri, root: Path, expected: str | None) -> Path:
+def _fetch(client: TrackingClient, source: RunsUri, root: Path) -> Path:
     """Download the model folder at ``source`` into ``root/<digest>`` unless it is there."""
     run_id, path = source.run_id, source.path
     entries = folder_entries(client.list_artifacts(run_id, path), path)
     if not any(entry.path == f"{path}/{MANIFEST_FILE}" for entry in entries):
         read_manifest_of(run_id, path, entries, client=client)  # raises: says what is wrong
     digest = folder_digest(entries, path)
-    if expected is not None and digest != expected:
-        raise StorageError(
-            f"the files at {source} changed since the model was registered: they hash to "
-            f"{digest}, the registered version to {expected}",
-            source=str(source),
-            expected=expected,
-            actual=digest,
-        )
+    if (root / digest / MANIFEST_FILE).is_file():
+        return root / digest
+    return _into_cache(
+        root, digest, lambda staging: client.download_artifacts(run_id, path, dst=staging)
+    )
+
+
+def _into_cache(root: Path, digest: str, download: Callable[[Path], Path]) -> Path:
+    """``root/<digest>``, filled by ``download(staging)`` (which returns the folder it wrote)
+    and renamed into place whole, so a half-written folder is never taken for a cached one."""
     folder = root / digest
-    if (folder / MANIFEST_FILE).is_file():
-        return folder
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-{uuid.uuid4().hex[:6]}-", dir=root))
     try:
-        downloaded = client.download_artifacts(run_id, path, dst=staging)
+        downloaded = download(staging)
         try:
             downloaded.rename(folder)
         except OSError:

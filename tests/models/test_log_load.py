@@ -188,15 +188,27 @@ def test_registered_versions_load_by_number_alias_and_latest(home: Path, forest:
     assert keel.models.load("models:/diabetes@champion").digest == first.digest
 
 
-def test_files_added_after_registration_are_refused(
+def test_a_registered_version_loads_the_files_registered_whatever_its_run_did_since(
     home: Path, forest: object, tmp_path: Path
 ) -> None:
+    from sqlalchemy import create_engine, text
+
     logged = _log(forest)
-    api.register(logged.uri, "tampered")
+    version = api.register(logged.uri, "pinned")
     (tmp_path / "extra.txt").write_text("slipped in")
     get_client().log_artifact(logged.run_id, tmp_path / "extra.txt", artifact_path="model")
-    with pytest.raises(StorageError, match="changed since the model was registered"):
-        keel.models.load("models:/tampered/1", dst=tmp_path / "cache")
+    model = keel.models.load("models:/pinned/1", dst=tmp_path / "cache")
+    assert model.digest == version.digest == logged.digest
+    assert not (model.path / "extra.txt").exists()  # the run's folder gained it; the version not
+
+    engine = create_engine(Settings().db_url)  # the run's artifact records are gone
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM artifacts WHERE run_id = :r"), {"r": logged.run_id})
+    engine.dispose()
+    assert get_client().list_artifacts(logged.run_id, "model") == []
+    X, _ = diabetes()
+    again = keel.models.load("models:/pinned@latest", dst=tmp_path / "cache-2")
+    assert list(again.predict(X.head(4))) == list(forest.predict(X.head(4)))  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
