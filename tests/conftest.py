@@ -26,7 +26,8 @@ _TABLES = (
     "experiments, experiment_tags, runs, params, tags, metrics, latest_metrics, artifacts, "
     "write_batches, users, api_tokens, experiment_grants, audit_log, metric_blocks, "
     "datasets, dataset_versions, run_inputs, registered_models, model_versions, "
-    "registered_model_tags, model_version_tags, model_aliases, model_audit"
+    "registered_model_tags, model_version_tags, model_aliases, model_audit, model_policies, "
+    "alias_requests, model_cards, model_evaluations, gate_verdicts"
 )
 """Emptied after each PostgreSQL test (TRUNCATE is not a row change, so model_audit's
 append-only triggers allow it)."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "alias_requests",
     "api_tokens",
     "artifacts",
     "audit_log",
@@ -32,12 +33,16 @@ __all__ = [
     "experiment_grants",
     "experiment_tags",
     "experiments",
+    "gate_verdicts",
     "latest_metrics",
     "metadata",
     "metric_blocks",
     "metrics",
     "model_aliases",
     "model_audit",
+    "model_cards",
+    "model_evaluations",
+    "model_policies",
     "model_version_tags",
     "model_versions",
     "params",
@@ -415,4 +420,97 @@ model_audit = Table(
     Column("detail", Text, nullable=False),  # JSON object
     Column("at", BigInteger, nullable=False),
     Index("ix_model_audit_model_id", "model", "id"),
+)
+
+# -- model governance and evaluation (revision 0011) ---------------------------------------------
+
+
+def _version_key() -> ForeignKeyConstraint:
+    return ForeignKeyConstraint(
+        ["model_id", "version"],
+        ["model_versions.model_id", "model_versions.version"],
+        ondelete="CASCADE",
+    )
+
+
+model_policies = Table(
+    "model_policies",
+    metadata,
+    Column(
+        "model_id",
+        Integer,
+        ForeignKey("registered_models.model_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("protect", Text, nullable=False),  # JSON list of aliases
+    Column("approvers", Text, nullable=False),  # JSON list: user names or @role
+    Column("requires", Text, nullable=False),  # JSON list of check expressions
+    Column("require_card", Boolean, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(256), nullable=False),
+)
+
+alias_requests = Table(
+    "alias_requests",
+    metadata,
+    Column("request_id", BIGINT, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, approved, rejected, cancelled
+    Column("requested_by", String(256), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("decided_by", String(256), nullable=True),
+    Column("decided_at", BigInteger, nullable=True),
+    Column("decision_reason", Text, nullable=True),
+    Column("checks", Text, nullable=True),  # JSON: each check and its result
+    _version_key(),
+    Index("ix_alias_requests_model_state", "model_id", "state"),
+)
+
+model_cards = Table(
+    "model_cards",
+    metadata,
+    Column("model_id", Integer, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("markdown", Text, nullable=False),
+    Column("generated", Boolean, nullable=False),  # False once a person edited it
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(256), nullable=False),
+    _version_key(),
+)
+
+model_evaluations = Table(
+    "model_evaluations",
+    metadata,
+    Column("evaluation_id", BIGINT, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("dataset", String(200), nullable=False),  # NAME@VERSION
+    Column("dataset_digest", String(64), nullable=False),
+    Column("target", String(250), nullable=False),
+    Column("task", String(32), nullable=False),  # regression | classification
+    Column("rows", BigInteger, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON object name -> value
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    _version_key(),
+    Index("ix_model_evaluations_version", "model_id", "version", "dataset"),
+)
+
+gate_verdicts = Table(
+    "gate_verdicts",
+    metadata,
+    Column("verdict_id", BIGINT, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, nullable=False),
+    Column("version", Integer, nullable=False),  # the candidate
+    Column("against", String(300), nullable=False),  # e.g. diabetes@champion
+    Column("against_version", Integer, nullable=True),  # what it resolved to
+    Column("metric", String(250), nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON: values, thresholds, why
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    _version_key(),
 )

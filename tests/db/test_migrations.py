@@ -236,3 +236,33 @@ def test_the_model_registry_downgrades_and_upgrades_again(fresh_url: str) -> Non
     with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
         conn.execute(text("DELETE FROM model_audit"))
     engine.dispose()
+
+
+def test_model_governance_downgrades_and_upgrades_again(fresh_url: str) -> None:
+    """0011 (policies, alias requests, cards, evaluations, gate verdicts) goes down and back."""
+    from alembic import command
+    from alembic.config import Config
+
+    governance = {
+        "model_policies",
+        "alias_requests",
+        "model_cards",
+        "model_evaluations",
+        "gate_verdicts",
+    }
+    engine = make_engine(fresh_url)
+    ensure_schema(engine)
+    assert governance <= set(inspect(engine).get_table_names())
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0010")
+        conn.commit()
+    assert current_revision(engine) == "0010"
+    assert not governance & set(inspect(engine).get_table_names())
+    assert "model_audit" in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert current_revision(engine) == HEAD_REVISION
+    assert governance <= set(inspect(engine).get_table_names())
+    engine.dispose()
