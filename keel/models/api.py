@@ -21,18 +21,10 @@ from pydantic import ValidationError
 
 from keel.artifacts import ArtifactStore
 from keel.artifacts.models import manifest_bytes
-from keel.errors import InvalidInput, KeelError, NotFound, StorageError
-from keel.models.compare import ModelDiff, Side, diff_versions
-from keel.models.lineage import (
-    ENVIRONMENT_TAGS,
-    LineageEdge,
-    LineageNode,
-    ModelLineage,
-    alias_node,
-    dataset_node,
-    run_node,
-    version_node,
-)
+from keel.errors import InvalidInput, NotFound, StorageError
+from keel.models import tracing
+from keel.models.compare import ModelDiff
+from keel.models.lineage import ModelLineage
 from keel.models.models import (
     MANIFEST_FILE,
     AuditEvent,
@@ -44,7 +36,6 @@ from keel.models.packaging import read_manifest
 from keel.models.store import ModelStore, VersionReference
 from keel.models.uris import (
     LATEST,
-    ModelsUri,
     RunsUri,
     check_alias,
     check_model_name,
@@ -53,7 +44,6 @@ from keel.models.uris import (
 )
 from keel.settings import Settings
 from keel.tracking.api import Client
-from keel.tracking.models import Run
 from keel.tracking.source import current_user
 
 __all__ = [
@@ -297,135 +287,15 @@ class Registry:
         else:
             self.store.set_version_description(name, version, description, actor=self.actor)
 
-    # -- diff and lineage -------------------------------------------------------------------
+    # -- diff and lineage (keel.models.tracing gathers them) ---------------------------------
 
     def diff(self, left: str | ModelVersion, right: str | ModelVersion) -> ModelDiff:
         """See :func:`diff`."""
-        versions = [self.resolve(left), self.resolve(right)]
-        inputs = self._inputs_by_run({v.run_id for v in versions if v.run_id})
-        sides = []
-        for version in versions:
-            manifest = self._manifest_or_none(version)
-            run = self._run_or_none(version.run_id)
-            params = dict(manifest.params) if manifest else {}
-            metrics = dict(manifest.metrics) if manifest else {}
-            if run is not None:
-                params.update(run.params)
-                metrics.update(run.metrics)
-            used = {
-                f"{ref.split('@')[0]} ({context})": ref
-                for ref, context in _training_data(version.run_id, [manifest], inputs)
-            }
-            sides.append(
-                Side(version, manifest=manifest, params=params, metrics=metrics, inputs=used)
-            )
-        return diff_versions(sides[0], sides[1])
+        return tracing.diff(self, left, right)
 
     def lineage(self, uri: str | ModelVersion) -> ModelLineage:
         """See :func:`lineage`."""
-        versions, root_run = self._lineage_roots(uri)
-        run_ids = {v.run_id for v in versions if v.run_id} | ({root_run} if root_run else set())
-        inputs = self._inputs_by_run(run_ids)
-        nodes: dict[str, LineageNode] = {}
-        edges: list[LineageEdge] = []
-        for run_id in sorted(run_ids):
-            run = self._run_node(run_id)
-            nodes[run.id] = run
-            manifests = [self._manifest_or_none(v) for v in versions if v.run_id == run_id]
-            for ref, context in _training_data(run_id, manifests, inputs):
-                data = nodes.setdefault(f"dataset:{ref}", self._dataset_node(ref))
-                edges.append(
-                    LineageEdge(source=data.id, target=run.id, relation="input", context=context)
-                )
-        for version in versions:
-            node = version_node(version)
-            nodes[node.id] = node
-            if version.run_id:
-                edges.append(
-                    LineageEdge(source=f"run:{version.run_id}", target=node.id, relation="logged")
-                )
-            for alias in version.aliases:
-                target = nodes.setdefault(
-                    f"alias:{version.name}@{alias}", alias_node(version.name, alias)
-                )
-                edges.append(LineageEdge(source=node.id, target=target.id, relation="alias"))
-        root = f"run:{root_run}" if root_run else version_node(versions[0]).id
-        order = {"dataset": 0, "run": 1, "model_version": 2, "alias": 3}
-        ordered = sorted(nodes.values(), key=lambda n: order[n.kind])
-        return ModelLineage(root=root, nodes=ordered, edges=edges)
-
-    def _lineage_roots(self, uri: str | ModelVersion) -> tuple[list[ModelVersion], str | None]:
-        """The versions a lineage shows, and the run it starts from for a ``runs:/`` URI."""
-        if isinstance(uri, ModelVersion):
-            return [uri], None
-        parsed = _parse_any(uri)
-        if isinstance(parsed, ModelsUri):
-            return [self.get_version(parsed.name, parsed.selector)], None
-        self.client.get_run(parsed.run_id)  # NotFound names the run
-        registered = self.search_versions(run_id=parsed.run_id)
-        return [v for v in registered if v.source == str(parsed)], parsed.run_id
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _manifest_or_none(self, version: ModelVersion) -> ModelManifest | None:
-        try:
-            return self.manifest(version)
-        except KeelError:
-            return None
-
-    def _run_or_none(self, run_id: str | None) -> Run | None:
-        if run_id is None:
-            return None
-        try:
-            return self.client.get_run(run_id)
-        except NotFound:
-            return None
-
-    def _run_node(self, run_id: str) -> LineageNode:
-        run = self._run_or_none(run_id)
-        if run is None:
-            return run_node(run_id, label=run_id, missing=True)
-        environment = {
-            shown: run.tags[tag] for tag, shown in ENVIRONMENT_TAGS.items() if tag in run.tags
-        }
-        return run_node(
-            run_id,
-            label=run.run_name,
-            experiment_id=run.experiment_id,
-            status=run.status.value,
-            user=run.user,
-            start_time=run.start_time,
-            commit=environment.pop("commit", None),
-            params=dict(run.params),
-            metrics=dict(run.metrics),
-            environment=environment,
-        )
-
-    def _dataset_node(self, ref: str) -> LineageNode:
-        from keel.data.versions import get_version as get_dataset_version
-
-        try:
-            found = get_dataset_version(ref, settings=self.settings)
-        except KeelError:
-            return dataset_node(ref, missing=True)
-        return dataset_node(
-            ref,
-            digest=found.digest,
-            kind=found.kind,
-            format=found.format,
-            size=found.size,
-            source=found.source,
-            rows=found.profile.rows if found.profile is not None else None,
-        )
-
-    def _inputs_by_run(self, run_ids: set[str]) -> dict[str, list[tuple[str, str]]]:
-        """``{run_id: [(NAME@VERSION, context), ...]}``: the dataset versions each run read."""
-        from keel.data.versions import run_inputs
-
-        return {
-            run_id: [(i.version.ref, i.context) for i in run_inputs(run_id, settings=self.settings)]
-            for run_id in run_ids
-        }
+        return tracing.lineage(self, uri)
 
 
 # -- module functions --------------------------------------------------------------------------
@@ -730,12 +600,6 @@ def _selector(value: int | str) -> int | str:
     return check_alias(value)
 
 
-def _parse_any(uri: str) -> RunsUri | ModelsUri:
-    if isinstance(uri, str) and uri.startswith(("runs:/", "models:/")):
-        return parse_model_uri(uri)
-    return parse_version_ref(uri)
-
-
 def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     checked = {}
     for key, value in (tags or {}).items():
@@ -748,22 +612,3 @@ def _check_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidInput(f"tag {key!r}: a value is text, not {value!r}", key=key)
         checked[key] = value
     return checked
-
-
-def _training_data(
-    run_id: str | None,
-    manifests: list[ModelManifest | None],
-    inputs: Mapping[str, list[tuple[str, str]]],
-) -> list[tuple[str, str]]:
-    """``[(NAME@VERSION, context)]`` a run trained on: its models' manifests say, then what
-    the run recorded reading."""
-    found = [
-        (f"{ref.name}@{ref.version}", ref.context)
-        for manifest in manifests
-        if manifest is not None
-        for ref in manifest.inputs
-    ]
-    for item in inputs.get(run_id or "", []):
-        if item not in found:
-            found.append(item)
-    return found
