@@ -2,7 +2,9 @@
 
 Both backends offer the same small set of operations the store needs: paths, sizes, reads,
 temporary files that become objects by an atomic move, a listing of stale temporaries and of
-objects, deletion, and a move of a corrupt object aside into ``quarantine/``.
+objects, deletion, and a move of a corrupt object aside into ``quarantine/``. A local folder
+also writes a small object whole in one step (:meth:`LocalBackend.write_object`) and reads one
+with raw descriptors (:func:`read_whole`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import secrets
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,10 +20,34 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from keel.artifacts.files import open_source
+from keel.artifacts.writer import FileWriter, temp_name
+
 _FANOUT_RE = re.compile(r"[0-9a-f]{2}")
 _REST_RE = re.compile(r"[0-9a-f]{62}")
 
-__all__ = ["FsspecBackend", "LocalBackend"]
+__all__ = ["FsspecBackend", "LocalBackend", "read_whole"]
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def read_whole(fd: int, st: os.stat_result) -> bytes:
+    """All of an open file's bytes, in one read when its size is what ``st`` (its fstat) says.
+
+    A regular file is read with one ``read`` of ``size + 1`` bytes: getting exactly ``size``
+    back is the end of the file. Anything else (a short read, a file that grew, a special
+    file whose size says nothing) reads on until a read returns nothing.
+    """
+    size = st.st_size
+    data = os.read(fd, size + 1)
+    if len(data) == size and stat.S_ISREG(st.st_mode):
+        return data
+    parts = [data]
+    while data:
+        data = os.read(fd, max(size, 1 << 16))
+        parts.append(data)
+    return b"".join(parts)
 
 
 class LocalBackend:
@@ -31,7 +57,9 @@ class LocalBackend:
         self.root = root
         self.fsync = fsync
         self.tmp_dir = str(root / "tmp")
+        self._objects = os.path.join(root, "objects", "")  # object paths are built per object
         self._made_dirs: set[str] = set()
+        self._writer = FileWriter()
         self._batches = 0  # open batch() blocks: while > 0, writes skip their fsyncs
         self._batch_lock = threading.Lock()
         self._unsynced = 0  # objects whose data a batch has not flushed yet
@@ -99,6 +127,10 @@ class LocalBackend:
     def join(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
+    def object_path(self, digest: str) -> str:
+        """``objects/<first 2 hex>/<other 62>`` under the root."""
+        return f"{self._objects}{digest[:2]}{os.sep}{digest[2:]}"
+
     def display(self, path: str) -> str:
         return path
 
@@ -111,10 +143,18 @@ class LocalBackend:
     def open_read(self, path: str) -> Any:
         return open(path, "rb", buffering=0)
 
-    def read_all(self, path: str) -> tuple[bytes, Any]:
-        """The file's bytes and the identity of the file they came from (for quarantine)."""
-        with open(path, "rb") as source:
-            return source.read(), self.identity(source)
+    def read_all(self, path: str, *, below: int | None = None) -> tuple[bytes, Any] | None:
+        """The file's bytes and the identity of the file they came from (for quarantine):
+        open, fstat, one read, close. With ``below``, None (nothing read) for a file that is
+        not smaller."""
+        fd = open_source(path)  # no access-time update: the inode of a fresh object stays clean
+        try:
+            st = os.fstat(fd)
+            if below is not None and st.st_size >= below:
+                return None
+            return read_whole(fd, st), (st.st_dev, st.st_ino)
+        finally:
+            os.close(fd)
 
     def identity(self, opened: Any) -> Any:
         """Which file an open handle reads: a writer may have replaced the path since."""
@@ -126,18 +166,34 @@ class LocalBackend:
             os.makedirs(path, exist_ok=True)
             self._made_dirs.add(path)
 
+    def write_object(self, data: bytes, final: str) -> None:
+        """Write a small object whole at ``final`` (see :mod:`keel.artifacts.writer`): an
+        unnamed file linked in where Linux allows, else a temp file in ``tmp/`` renamed; flushed
+        as :meth:`finish_temp` and :meth:`commit` would."""
+        parent, _, name = final.rpartition(os.sep)
+        self._makedirs(parent)
+        sync = self._sync_each
+        # Objects are immutable: created read-only (the open descriptor may still write).
+        self._writer.write(parent, name, data, mode=0o444, sync=sync, temp_dir=self.tmp_dir)
+        if sync:
+            _fsync_dir(parent)
+        elif self.fsync:
+            with self._batch_lock:
+                self._unsynced += 1
+                self._unsynced_dirs.add(parent)
+
     def open_temp(self) -> tuple[str, Any]:
         self._makedirs(self.tmp_dir)
-        tmp = os.path.join(self.tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        tmp = os.path.join(self.tmp_dir, f"{temp_name()}.part")
         # Objects are immutable: created read-only (the open descriptor may still write).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, 0o444)
         return tmp, open(fd, "wb")
 
     def open_temp_fd(self) -> tuple[str, int]:
         """A new temp file as a raw descriptor open for reading and writing (kernel copies)."""
         self._makedirs(self.tmp_dir)
-        tmp = os.path.join(self.tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.part")
-        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
+        tmp = os.path.join(self.tmp_dir, f"{temp_name()}.part")
+        return tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, 0o444)
 
     def finish_temp_fd(self, fd: int) -> None:
         """Flush a large object's data now, even in a batch (see :meth:`end_batch`)."""
@@ -250,6 +306,9 @@ class FsspecBackend:
     def join(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
+    def object_path(self, digest: str) -> str:
+        return f"{self.root}/objects/{digest[:2]}/{digest[2:]}"
+
     def display(self, path: str) -> str:
         return str(self.fs.unstrip_protocol(path))
 
@@ -265,15 +324,15 @@ class FsspecBackend:
             return io.BytesIO(self.fs.cat_file(path))
         return self.fs.open(path, "rb")
 
-    def read_all(self, path: str) -> tuple[bytes, Any]:
-        return bytes(self.fs.cat_file(path)), None
+    def read_all(self, path: str, *, below: int | None = None) -> tuple[bytes, Any] | None:
+        return bytes(self.fs.cat_file(path)), None  # whatever its size: only local stores limit
 
     def identity(self, opened: Any) -> Any:
         return None  # object stores have no inodes: quarantine moves whatever is at the path
 
     def open_temp(self) -> tuple[str, Any]:
         self.fs.makedirs(self.tmp_dir, exist_ok=True)
-        tmp = f"{self.tmp_dir}/{os.getpid()}-{secrets.token_hex(8)}.part"
+        tmp = f"{self.tmp_dir}/{temp_name()}.part"
         return tmp, self.fs.open(tmp, "wb")
 
     def finish_temp(self, out: Any) -> None:

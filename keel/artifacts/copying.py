@@ -11,19 +11,19 @@ from __future__ import annotations
 import mmap
 import os
 import queue
-import secrets
 import shutil
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from keel.artifacts.files import CHUNK_SIZE
-from keel.errors import Conflict, KeelError, StorageError
+from keel.artifacts.writer import temp_name
+from keel.errors import Conflict, InvalidInput, KeelError, StorageError
 
 __all__ = [
     "DIR_THREADS",
@@ -32,8 +32,10 @@ __all__ = [
     "copy_from",
     "local_conflict",
     "map_in_threads",
+    "prepare_folders",
     "reflink",
     "write_atomically",
+    "write_error",
 ]
 
 DIR_THREADS = 4
@@ -66,11 +68,11 @@ def write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.keel-tmp"
+        tmp = target.parent / f".{target.name}.{temp_name()}.keel-tmp"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(tmp, flags, 0o666)
     except OSError as error:
-        raise _write_error(target, error) from error
+        raise write_error(target, error) from error
     try:
         with open(fd, "wb") as out:
             fill(out)
@@ -79,11 +81,11 @@ def write_atomically(target: Path, fill: Callable[[BinaryIO], None]) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         if isinstance(error, OSError):
-            raise _write_error(target, error) from error
+            raise write_error(target, error) from error
         raise
 
 
-def _write_error(target: Path, error: OSError) -> KeelError:
+def write_error(target: Path, error: OSError) -> KeelError:
     """What writing a local file met: a path conflict if that was it, else a StorageError."""
     conflict = local_conflict(target)
     if conflict is not None:
@@ -119,6 +121,119 @@ def local_conflict(target: Path, *, folder: bool = False) -> Conflict | None:
             return None
         return _conflict(target, parent, "is a file, and the artifact needs a folder there")
     return None
+
+
+SCAN_MIN_FILES = 16
+"""From this many files going into one existing folder, it is listed once (``scandir``) to
+find folders in their way, instead of one ``lstat`` per file."""
+
+
+def prepare_folders(root: Path, rels: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Check every file's destination under ``root``, then create the folders they need.
+
+    Each distinct folder is checked and created once, not once per file: a folder that
+    exists is looked into for folders where files must go (one listing when many files go
+    there), one that is missing has its parents checked for a file in the way. Nothing is
+    created before every path passed.
+
+    Args:
+        root: the folder to fill (created if missing).
+        rels: relative POSIX paths of the files.
+
+    Returns:
+        ``{rel: (folder, name)}``: each file's folder (a str path) and name in it.
+
+    Raises:
+        InvalidInput: a path has ``..``, ``.``, empty or drive parts, or is both a file and
+            another file's folder.
+        Conflict: a file is where a folder must be, or a folder where a file goes.
+        StorageError: a folder cannot be created.
+    """
+    names: dict[str, list[str]] = {}  # folder (relative) -> file names in it
+    places: dict[str, tuple[str, str]] = {}
+    for rel in rels:
+        head, _, name = rel.rpartition("/")
+        if _unsafe(name):
+            raise InvalidInput(f"{rel!r} is not a safe path to download to", path=rel)
+        in_folder = names.get(head)
+        if in_folder is None:
+            if head and any(_unsafe(part) for part in head.split("/")):
+                raise InvalidInput(f"{rel!r} is not a safe path to download to", path=rel)
+            in_folder = names[head] = []
+        in_folder.append(name)
+        places[rel] = (head, name)
+    folders = {""}
+    for head in names:
+        while head not in folders:
+            folders.add(head)
+            head = head.rpartition("/")[0]
+    both = sorted(folders.intersection(places))
+    if both:
+        raise InvalidInput(f"{both[0]!r} is both a file and a folder of the download", path=both[0])
+
+    _make_folder(root)  # its own conflict (a file at root, or above it) comes first
+    base = str(root)
+    absolute = {head: os.path.join(base, *head.split("/")) if head else base for head in names}
+    missing = [absolute[h] for h in sorted(names) if _check_folder(absolute[h], names[h])]
+    for folder in missing:  # sorted: parents first, each made once
+        _make_folder(Path(folder))
+    return {rel: (absolute[head], name) for rel, (head, name) in places.items()}
+
+
+def _unsafe(part: str) -> bool:
+    """A path part that could leave the folder (checked here too, not only in manifests: a
+    backslash separates on Windows only)."""
+    return (
+        part in ("", ".", "..")
+        or os.sep in part
+        or bool(os.altsep and os.altsep in part)
+        or bool(os.path.splitdrive(part)[0])
+    )
+
+
+def _check_folder(folder: str, files: list[str]) -> bool:
+    """Raise the Conflict if ``folder`` cannot hold ``files``; True if it must be created."""
+    try:
+        st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        conflict = local_conflict(Path(folder), folder=True)  # a parent that is a file
+        if conflict is not None:
+            raise conflict from None
+        return True
+    except OSError:
+        return False  # the write will say what is wrong
+    if not stat.S_ISDIR(st.st_mode):
+        path = Path(folder)
+        raise _conflict(path, path, "is a file, and the artifact needs a folder there")
+    if len(files) >= SCAN_MIN_FILES:
+        wanted = set(files)
+        with suppress(OSError), os.scandir(folder) as listing:
+            for entry in listing:  # a symlink in the way is replaced, whatever it names
+                if entry.name in wanted and entry.is_dir(follow_symlinks=False):
+                    path = Path(entry.path)
+                    raise _conflict(path, path, "is a folder, and the artifact has a file there")
+        return False
+    for name in files:
+        try:
+            is_folder = stat.S_ISDIR(os.lstat(os.path.join(folder, name)).st_mode)
+        except OSError:
+            continue
+        if is_folder:
+            path = Path(folder, name)
+            raise _conflict(path, path, "is a folder, and the artifact has a file there")
+    return False
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        conflict = local_conflict(folder, folder=True)
+        if conflict is not None:
+            raise conflict from None
+        raise StorageError(
+            f"cannot create {folder}: {error.strerror or error}", path=str(folder)
+        ) from error
 
 
 def _conflict(target: Path, found: Path, what: str) -> Conflict:

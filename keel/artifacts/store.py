@@ -3,11 +3,13 @@
 Layout under the store's root (a local folder or any fsspec URL)::
 
     objects/<first 2 hex>/<remaining 62 hex>   one object per distinct content
-    tmp/<pid>-<random>.part                     writes in progress
+    tmp/<pid>-<random>-<n>.part                 writes in progress (large objects)
     quarantine/<digest>.<UTC time>              objects a read found corrupt, moved aside
 
 A write streams into ``tmp/`` while hashing and is then moved to its final name, so an object
-is either complete at its path or absent; content already stored is not written again. Each new
+is either complete at its path or absent; content already stored is not written again. A small
+object is written whole in one step (:mod:`keel.artifacts.writer`: an unnamed file linked in
+where Linux allows, so a killed write leaves nothing). Each new
 object is flushed to disk before it is renamed (``fsync``), or, inside :meth:`ArtifactStore.batch`,
 all at once when the batch ends. Every
 read checks the bytes against the digest, so a corrupted object raises instead of being used,
@@ -17,23 +19,23 @@ Local paths use ``os`` directly; fsspec is imported only for other URLs.
 
 from __future__ import annotations
 
+import errno
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from keel.artifacts.backends import FsspecBackend, LocalBackend
+from keel.artifacts.backends import FsspecBackend, LocalBackend, read_whole
 from keel.artifacts.copying import (
     copy_and_hash,
     copy_from,
-    local_conflict,
     map_in_threads,
+    prepare_folders,
     write_atomically,
+    write_error,
 )
 from keel.artifacts.files import (
     CHUNK_SIZE,
@@ -44,7 +46,9 @@ from keel.artifacts.files import (
     walk_files,
 )
 from keel.artifacts.models import Blob, decode_manifest, encode_manifest
+from keel.artifacts.problems import Problems, check_digest
 from keel.artifacts.reader import BlobReader
+from keel.artifacts.writer import FileWriter
 from keel.errors import InvalidInput, NotFound, StorageError
 
 if TYPE_CHECKING:
@@ -55,18 +59,6 @@ __all__ = ["KERNEL_COPY_MIN_SIZE", "ArtifactStore", "BlobReader"]
 KERNEL_COPY_MIN_SIZE = 8 << 20
 """From this size on, put_file into a local store copies in the kernel while hashing the copy
 (1 GiB here: 1.0 s instead of 1.6 s through Python buffers); smaller files gain nothing."""
-
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-_RESTORE_ADVICE = "re-uploading the file (log the artifact again) restores it"
-
-
-def _check_digest(digest: object) -> str:
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        raise InvalidInput(
-            f"not an artifact digest: {digest!r} (expected 64 lowercase hex characters)",
-            digest=str(digest),
-        )
-    return digest
 
 
 class ArtifactStore:
@@ -96,6 +88,8 @@ class ArtifactStore:
             self._backend = LocalBackend(Path(local).expanduser().absolute(), fsync=fsync)
         else:
             self._backend = FsspecBackend(url)
+        self._problems = Problems(self._backend, url)
+        self._writer = FileWriter()  # the caller's files that get_file and get_files write
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -107,12 +101,12 @@ class ArtifactStore:
         path = self._object_path(digest)
         size = self._stored_size(path)
         if size is None:
-            raise self._missing(digest, path)
+            raise self._problems.missing(digest, path)
         return path, size
 
     def _object_path(self, digest: str) -> str:
-        digest = _check_digest(digest)
-        return self._backend.join("objects", digest[:2], digest[2:])
+        digest = check_digest(digest)
+        return self._backend.object_path(digest)
 
     def _stored_size(self, path: str) -> int | None:
         try:
@@ -123,61 +117,6 @@ class ArtifactStore:
                 url=self.url,
             ) from error
 
-    def _missing(self, digest: str, path: str) -> NotFound:
-        moved = self._backend.quarantined(f"{digest}.")
-        if moved:
-            shown = self._backend.display(moved[-1])
-            return NotFound(
-                f"artifact object {digest} is not in the store {self.url}: a read found it "
-                f"corrupt and moved it to {shown}; {_RESTORE_ADVICE}",
-                digest=digest,
-                path=self._backend.display(path),
-                quarantined=shown,
-            )
-        return NotFound(
-            f"artifact object {digest} is not in the store {self.url}",
-            digest=digest,
-            path=self._backend.display(path),
-        )
-
-    def _corrupt(self, digest: str, path: str, why: str, *, identity: Any) -> StorageError:
-        """Move a corrupt object into quarantine/ and return the error that says so.
-
-        Putting the same content again skips objects that exist, so a corrupt one left in
-        place would stay forever; moved aside, the next put writes it afresh. ``identity``
-        (local stores) is the file that was read: one a writer has since replaced is kept.
-        """
-        shown = self._backend.display(path)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        dest = self._backend.join("quarantine", f"{digest}.{stamp}")
-        problem = f"artifact object {digest} at {shown} is corrupt: it does not match its digest"
-        try:
-            moved = self._backend.quarantine(path, dest, identity=identity)
-        except OSError as error:
-            return StorageError(
-                f"{problem} ({why}), and it could not be moved aside into quarantine "
-                f"({error.strerror or error}): delete {shown}, then re-upload the file (log the "
-                "artifact again) or restore it from a backup",
-                digest=digest,
-                path=shown,
-            )
-        if not moved:
-            return StorageError(
-                f"{problem} ({why}); another process has since moved it aside or replaced "
-                "it: read it again, and if it is missing, re-upload the file (log the artifact "
-                "again)",
-                digest=digest,
-                path=shown,
-            )
-        quarantined = self._backend.display(dest)
-        return StorageError(
-            f"{problem} ({why}). It was quarantined (moved to {quarantined}); "
-            f"{_RESTORE_ADVICE}, or restore it from a backup",
-            digest=digest,
-            path=shown,
-            quarantined=quarantined,
-        )
-
     # -- writing ------------------------------------------------------------------------------
 
     def _put_chunks(self, chunks: Iterable[Buffer], *, size_hint: int | None) -> Blob:
@@ -186,7 +125,7 @@ class ArtifactStore:
         try:
             tmp, out = backend.open_temp()
         except OSError as error:
-            raise self._write_error(error) from error
+            raise self._problems.unwritable(error) from error
         try:
             hasher = new_hasher(size_hint)
             size = 0
@@ -207,17 +146,11 @@ class ArtifactStore:
                 backend.commit(tmp, final)
         except OSError as error:
             backend.discard(tmp)
-            raise self._write_error(error) from error
+            raise self._problems.unwritable(error) from error
         except BaseException:
             backend.discard(tmp)
             raise
         return Blob(digest=digest, size=size)
-
-    def _write_error(self, error: OSError) -> StorageError:
-        return StorageError(
-            f"cannot write to the artifact store {self.url}: {error.strerror or error}",
-            url=self.url,
-        )
 
     def put_bytes(self, data: bytes) -> Blob:
         """Store bytes held in memory.
@@ -231,19 +164,49 @@ class ArtifactStore:
         Raises:
             StorageError: the store cannot be written.
         """
-        digest = new_hasher(len(data)).update(data).hexdigest()
-        final = self._object_path(digest)
+        return self._put_named(data, new_hasher(len(data)).update(data).hexdigest())
+
+    def put_verified(self, data: bytes, digest: str) -> Blob:
+        """Store bytes just read and checked against ``digest``, without hashing them again.
+
+        For copies between stores (``keel data push`` and ``pull``): ``data`` must be what
+        :meth:`read_bytes` of ``digest`` returned, which checked it. Bytes of any other origin
+        go through :meth:`put_bytes`: a digest that does not name them would store them under
+        the wrong name.
+
+        Args:
+            data: the content, as a verified read returned it.
+            digest: the digest that read checked it against.
+
+        Returns:
+            The stored :class:`Blob`; content already stored is not written again.
+
+        Raises:
+            InvalidInput: ``digest`` is not 64 lowercase hex characters.
+            StorageError: the store cannot be written.
+        """
+        return self._put_named(data, check_digest(digest))
+
+    def _put_named(self, data: bytes, digest: str) -> Blob:
+        final = self._backend.object_path(digest)
         if self._stored_size(final) != len(data):
             self._write_new(data, final)
         return Blob(digest=digest, size=len(data))
 
     def _write_new(self, data: bytes, final: str) -> None:
-        """Write bytes already hashed to ``final`` through a temp file."""
+        """Write bytes already hashed to ``final``: whole in one step locally, else through a
+        temp file."""
         backend = self._backend
+        if isinstance(backend, LocalBackend):
+            try:
+                backend.write_object(data, final)
+            except OSError as error:
+                raise self._problems.unwritable(error) from error
+            return
         try:
             tmp, out = backend.open_temp()
         except OSError as error:
-            raise self._write_error(error) from error
+            raise self._problems.unwritable(error) from error
         try:
             with out:
                 out.write(data)
@@ -252,7 +215,7 @@ class ArtifactStore:
         except BaseException as error:
             backend.discard(tmp)
             if isinstance(error, OSError):
-                raise self._write_error(error) from error
+                raise self._problems.unwritable(error) from error
             raise
 
     def put_file(self, path: str | os.PathLike[str]) -> Blob:
@@ -274,19 +237,23 @@ class ArtifactStore:
             InvalidInput: the path is a directory.
             StorageError: the file cannot be read, or the store cannot be written.
         """
-        source = Path(path)
         try:
-            size = source.stat().st_size
+            fd = open_source(path)
         except OSError as error:
-            raise source_error(source, error) from error
-        if size <= CHUNK_SIZE:
-            # One read, then a cheap existence check before writing anything.
-            try:
-                with open(open_source(source), "rb", buffering=0) as file:
-                    data = file.readall()
-            except OSError as error:
-                raise source_error(source, error) from error
+            raise source_error(Path(path), error) from error
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            # A small file: one read, then a cheap existence check before writing anything.
+            data = read_whole(fd, st) if st.st_size <= CHUNK_SIZE else None
+        except OSError as error:
+            raise source_error(Path(path), error) from error
+        finally:
+            os.close(fd)
+        if data is not None:
             return self.put_bytes(data)
+        source, size = Path(path), st.st_size
         if isinstance(self._backend, LocalBackend) and size >= KERNEL_COPY_MIN_SIZE:
             blob = self._put_kernel_copy(source, size)
             if blob is not None:
@@ -305,7 +272,7 @@ class ArtifactStore:
             try:
                 tmp, fd = backend.open_temp_fd()
             except OSError as error:
-                raise self._write_error(error) from error
+                raise self._problems.unwritable(error) from error
             try:
                 hasher = new_hasher(size)
                 try:
@@ -330,7 +297,7 @@ class ArtifactStore:
                     os.close(fd)
                 backend.discard(tmp)
                 if isinstance(error, OSError):
-                    raise self._write_error(error) from error
+                    raise self._problems.unwritable(error) from error
                 raise
         finally:
             os.close(src)
@@ -442,7 +409,7 @@ class ArtifactStore:
             try:
                 self._backend.end_batch(durable=durable)
             except OSError as error:
-                raise self._write_error(error) from error
+                raise self._problems.unwritable(error) from error
 
     def delete(self, digest: str) -> int:
         """Remove one object (what garbage collection does); whatever points at it breaks.
@@ -581,25 +548,28 @@ class ArtifactStore:
             StorageError: the object cannot be read, or is corrupt: it is then moved to
                 ``quarantine/`` so that putting the same content again stores it afresh.
         """
-        path = self._object_path(digest)
-        try:
-            data, identity = self._backend.read_all(path)
-        except FileNotFoundError:
-            raise self._missing(digest, path) from None
-        except OSError as error:
-            raise self._read_error(digest, path, error) from error
-        actual = new_hasher(len(data)).update(data).hexdigest()
-        if actual != digest:
-            raise self._corrupt(digest, path, f"its content hashes to {actual}", identity=identity)
+        data = self._read_checked(self._object_path(digest), digest)
+        assert data is not None  # no size limit
         return data
 
-    def _read_error(self, digest: str, path: str, error: OSError) -> StorageError:
-        shown = self._backend.display(path)
-        return StorageError(
-            f"cannot read artifact object {digest} at {shown}: {error.strerror or error}",
-            digest=digest,
-            path=shown,
-        )
+    def _read_checked(self, path: str, digest: str, *, below: int | None = None) -> bytes | None:
+        """The object's bytes, checked (a corrupt object is quarantined); with ``below``, None
+        for an object that is not smaller (nothing read)."""
+        try:
+            found = self._backend.read_all(path, below=below)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._problems.missing(digest, path) from None
+        except OSError as error:
+            raise self._problems.unreadable(digest, path, error) from error
+        if found is None:
+            return None
+        data, identity = found
+        actual = new_hasher(len(data)).update(data).hexdigest()
+        if actual != digest:
+            raise self._problems.corrupt(
+                digest, path, f"its content hashes to {actual}", identity=identity
+            )
+        return data
 
     def open(self, digest: str) -> BlobReader:
         """Open an object for streaming; its digest is checked once it has been read through.
@@ -620,12 +590,12 @@ class ArtifactStore:
         try:
             raw = self._backend.open_read(path)
         except FileNotFoundError:
-            raise self._missing(digest, path) from None
+            raise self._problems.missing(digest, path) from None
         except OSError as error:
-            raise self._read_error(digest, path, error) from error
+            raise self._problems.unreadable(digest, path, error) from error
 
         def corrupt(why: str) -> StorageError:
-            return self._corrupt(digest, path, why, identity=self._backend.identity(raw))
+            return self._problems.corrupt(digest, path, why, identity=self._backend.identity(raw))
 
         return BlobReader(
             raw, digest=digest, size=size, path=self._backend.display(path), on_corrupt=corrupt
@@ -634,8 +604,10 @@ class ArtifactStore:
     def get_file(self, digest: str, dst: str | os.PathLike[str]) -> Path:
         """Write an object to a local file, atomically and only if its content checks out.
 
-        The content goes to a temp file beside ``dst`` and is renamed over ``dst`` after the
-        digest matched, so a corrupt object never produces (or clobbers) ``dst``. Missing
+        ``dst`` gets its name only after the digest matched, so a corrupt object never
+        produces (or clobbers) it: a small object of a local store is read and checked, then
+        written whole (an unnamed file linked in as ``dst`` where Linux allows, else a temp
+        file beside it renamed over it); others go through a temp file beside ``dst``. Missing
         parent folders are created. ``dst`` is always a file of its own, never a link to the
         object, so writing to it later cannot change the store. A large object of a local
         store is copied by the kernel: a reflink (shared blocks, copied on write: instant)
@@ -655,6 +627,38 @@ class ArtifactStore:
             StorageError: the object is corrupt or unreadable, or ``dst`` cannot be written.
         """
         target = Path(dst)
+        place = [(str(target.parent), target.name)]
+        if not self._fetch_small(check_digest(digest), place, make_folders=True):
+            self._fetch_streamed(digest, place)
+        return target
+
+    def _fetch_small(
+        self, digest: str, places: list[tuple[str, str]], *, make_folders: bool = False
+    ) -> bool:
+        """Write a small object of a local store to each ``(folder, name)``: one read, checked,
+        then each file whole in one step. False (nothing done) if the object is large or the
+        store is not local: see :meth:`_fetch_streamed`."""
+        if not isinstance(self._backend, LocalBackend):
+            return False
+        path = self._backend.object_path(digest)
+        data = self._read_checked(path, digest, below=KERNEL_COPY_MIN_SIZE)
+        if data is None:
+            return False
+        write = self._writer.write
+        for folder, name in places:
+            try:
+                if make_folders:
+                    os.makedirs(folder, exist_ok=True)
+                write(folder, name, data, mode=0o666)
+            except OSError as error:
+                raise write_error(Path(folder, name), error) from error
+        return True
+
+    def _fetch_streamed(self, digest: str, places: list[tuple[str, str]]) -> None:
+        """Stream an object to the first ``(folder, name)`` (a kernel copy for a large local
+        one), then copy that file to the others; each through a temp file."""
+        (folder, name), *others = places
+        first = Path(folder, name)
         with self.open(digest) as reader:
 
             def copy(out: BinaryIO) -> None:
@@ -664,8 +668,9 @@ class ArtifactStore:
                     out.write(view[:n])
 
             local = self.path_of(digest) if reader.size >= KERNEL_COPY_MIN_SIZE else None
-            write_atomically(target, copy if local is None else self._kernel_copier(digest, local))
-        return target
+            write_atomically(first, copy if local is None else self._kernel_copier(digest, local))
+        for folder, name in others:
+            write_atomically(Path(folder, name), lambda out: copy_from(first, out))
 
     def _kernel_copier(self, digest: str, path: str) -> Callable[[BinaryIO], None]:
         """A ``write_atomically`` fill copying a local object in the kernel, checking the copy."""
@@ -681,7 +686,7 @@ class ArtifactStore:
                 actual = hasher.hexdigest()
                 if actual != digest:
                     identity = self._backend.identity(source)
-                    raise self._corrupt(
+                    raise self._problems.corrupt(
                         digest, path, f"its content hashes to {actual}", identity=identity
                     )
 
@@ -729,10 +734,12 @@ class ArtifactStore:
     def get_files(self, files: Mapping[str, str], dst: str | os.PathLike[str]) -> Path:
         """Write objects to files under ``dst`` (created if missing), by relative POSIX path.
 
-        Each file is written atomically and checked as by :meth:`get_file`, a few at a time;
-        files already in ``dst`` that are not named are left alone. Before anything is written,
-        every path is checked: a folder where a file goes, or a file where a folder must be,
-        stops the call with nothing written.
+        Each file is written atomically and checked as by :meth:`get_file`; files already in
+        ``dst`` that are not named are left alone. Before anything is written, every path is
+        checked and every folder created, each folder once: a folder where a file goes, or a
+        file where a folder must be, stops the call with nothing written. Each distinct object
+        is read once. Small objects of a local store are written on the calling thread, large
+        ones and those of other stores a few at a time.
 
         Args:
             files: ``{"sub/file.txt": digest, ...}``; paths with ``..``, ``.`` or empty parts
@@ -754,40 +761,16 @@ class ArtifactStore:
             PosixPath('out')
         """
         target = Path(dst)
-        # Checked here too, not only in manifests: a backslash separates on Windows only.
+        for digest in set(files.values()):
+            check_digest(digest)
+        places = prepare_folders(target, files)
+        # Each distinct object is read once and written to every file that holds it.
+        copies: dict[str, list[tuple[str, str]]] = {}
         for rel, digest in files.items():
-            _check_digest(digest)
-            if any(
-                p in ("", ".", "..")
-                or os.sep in p
-                or (os.altsep and os.altsep in p)
-                or Path(p).drive
-                for p in rel.split("/")
-            ):
-                raise InvalidInput(f"{rel!r} is not a safe path to download to", path=rel)
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            conflict = local_conflict(target, folder=True)
-            if conflict is not None:
-                raise conflict from None
-            raise StorageError(
-                f"cannot create {target}: {error.strerror or error}", path=str(target)
-            ) from error
-        # Each distinct object is read once; files sharing it are copied from the first one.
-        copies: dict[str, list[Path]] = {}
-        for rel, digest in files.items():
-            path = target.joinpath(*rel.split("/"))
-            conflict = local_conflict(path)
-            if conflict is not None:
-                raise conflict
-            copies.setdefault(digest, []).append(path)
-
-        def fetch(digest: str) -> None:
-            first, *others = copies[digest]
-            self.get_file(digest, first)
-            for other in others:
-                write_atomically(other, lambda out: copy_from(first, out))
-
-        map_in_threads(fetch, list(copies))
+            copies.setdefault(digest, []).append(places[rel])
+        # Small objects of a local store on this thread: they are all system calls, which
+        # threads only contend over (keel data checkout of 20,000 files of 1-10 KB on 2 cores:
+        # 7.3 s and 8.3 s of CPU on 4 threads, 4.5 s and 4.6 s of CPU on one).
+        pending = [item for item in copies.items() if not self._fetch_small(*item)]
+        map_in_threads(lambda item: self._fetch_streamed(*item), pending)
         return target

@@ -601,7 +601,8 @@ def test_hash_file_stores_nothing(tmp_path: Path) -> None:
 
 def test_remove_stale_tmp_leaves_recent_writes_alone(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "store")
-    store.put_bytes(b"creates tmp/")
+    store.put_bytes(b"an object")
+    (tmp_path / "store" / "tmp").mkdir()  # what a large write creates
     old = tmp_path / "store" / "tmp" / "1-dead.part"
     old.write_bytes(b"partial")
     os.utime(old, (time.time() - 3 * 86400,) * 2)
@@ -703,6 +704,7 @@ def test_iter_objects_lists_every_object_and_nothing_else(store: ArtifactStore) 
         fs.pipe_file(f"{root}/tmp/1-busy.part", b"in progress")
         fs.pipe_file(f"{root}/objects/ab/not-a-digest", b"stray")
     else:
+        (Path(store.url) / "tmp").mkdir(exist_ok=True)  # small objects never need it
         (Path(store.url) / "tmp" / "1-busy.part").write_bytes(b"in progress")
         (Path(store.url) / "objects" / "ab").mkdir(exist_ok=True)
         (Path(store.url) / "objects" / "ab" / "not-a-digest").write_bytes(b"stray")
