@@ -338,10 +338,10 @@ def _move(
     if not todo:
         return failed
     lock = threading.Lock()
-    done = 0
+    done = moved = moved_bytes = 0  # counted here, not on the pydantic result per object
 
     def move_one(digest: str) -> None:
-        nonlocal done
+        nonlocal done, moved, moved_bytes
         need = needed[digest]
         try:
             size = _copy(src, dst, digest, need.size)
@@ -353,16 +353,20 @@ def _move(
                 done += 1
         else:
             with lock:
-                result.transferred += 1
-                result.transferred_bytes += size
+                moved += 1
+                moved_bytes += size
                 done += 1
         if progress is not None:
             progress(phase, done, len(todo))
 
     if progress is not None:
         progress(phase, 0, len(todo))
-    with dst.batch():
-        _run(move_one, todo, jobs=jobs)
+    try:
+        with dst.batch():
+            _run(move_one, todo, jobs=jobs)
+    finally:
+        result.transferred += moved
+        result.transferred_bytes += moved_bytes
     result.problems.sort(key=lambda p: (p.pointer, p.path))
     return failed
 
@@ -379,14 +383,13 @@ def _copy(src: ArtifactStore, dst: ArtifactStore, digest: str, size: int) -> int
             data = src.read_bytes(digest)
         except KeelError as error:
             raise _SourceError(error) from error
-        blob = dst.put_bytes(data)
-    else:
-        try:
-            opened = src.open(digest)
-        except KeelError as error:
-            raise _SourceError(error) from error
-        with opened as reader:
-            blob = dst.put_stream(_Checked(reader), size_hint=reader.size)
+        return dst.put_verified(data, digest).size  # read_bytes checked it: not hashed again
+    try:
+        opened = src.open(digest)
+    except KeelError as error:
+        raise _SourceError(error) from error
+    with opened as reader:
+        blob = dst.put_stream(_Checked(reader), size_hint=reader.size)
     if blob.digest != digest:  # pragma: no cover - a source rewritten during the copy
         raise _SourceError(
             StorageError(f"object {digest} changed while it was copied", digest=digest)
