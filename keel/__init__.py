@@ -26,6 +26,7 @@ __all__ = [
     "KeelError",
     "Settings",
     "active_run",
+    "autolog",
     "download_artifacts",
     "end_run",
     "get_metric_history",
@@ -53,11 +54,13 @@ _HOMES = {
     "Client": "keel.tracking.api",
     "KeelError": "keel.errors",
     "Settings": "keel.settings",
+    "autolog": "keel.models.autolog",
 }
 _SUBMODULES = {"errors", "settings", "tracking", "artifacts", "db"}
 
 if TYPE_CHECKING:
     from keel.errors import KeelError
+    from keel.models.autolog import autolog
     from keel.settings import Settings
     from keel.tracking.api import Client
     from keel.tracking.fluent import (
