@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from keel.models import api
+from keel.models.cli_eval import mount as mount_evaluation
 from keel.models.compare import Change, ModelDiff
 from keel.models.lineage import LineageNode, ModelLineage
 from keel.models.models import AuditEvent, ModelVersion
@@ -39,6 +40,9 @@ def models() -> None:
       keel models alias set churn champion 3 --reason "rmse 52 < 57"
       keel models lineage churn@champion
     """
+
+
+mount_evaluation(models)  # evaluate, evaluations, gate
 
 
 @models.command("list")
