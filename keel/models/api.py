@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from types import TracebackType
+from typing import Literal
 
 from pydantic import ValidationError
 
 from keel.artifacts import ArtifactStore
 from keel.artifacts.models import manifest_bytes
-from keel.errors import InvalidInput, NotFound, StorageError
-from keel.models import tracing
+from keel.auth.models import Role
+from keel.errors import Conflict, InvalidInput, NotFound, StorageError
+from keel.models import approvals, tracing
+from keel.models.cards import edit_summary, render_card
+from keel.models.checks import parse_approvers, parse_requirement
 from keel.models.compare import ModelDiff
+from keel.models.governance_models import AliasRequest, CheckResult, ModelCard, Policy
 from keel.models.lineage import ModelLineage
 from keel.models.models import (
     MANIFEST_FILE,
@@ -33,7 +38,8 @@ from keel.models.models import (
     RegisteredModel,
 )
 from keel.models.packaging import read_manifest
-from keel.models.store import ModelStore, VersionReference
+from keel.models.store import VersionReference
+from keel.models.store_governance import GovernanceStore
 from keel.models.uris import (
     LATEST,
     RunsUri,
@@ -73,6 +79,9 @@ class Registry:
     Args:
         settings: where the database and artifact store are; default ``Settings()``.
         actor: who makes the changes (the audit trail's ``actor``); default the OS user.
+        role: the actor's role, for governance (changing a policy needs ``Role.ADMIN``; an
+            approvers entry ``admins`` means any admin). A keel server passes the
+            authenticated principal's; locally the OS user owns the store: ``Role.ADMIN``.
 
     Raises:
         InvalidInput: ``settings`` names a tracking server (the registry is local for now).
@@ -82,10 +91,17 @@ class Registry:
         ...     registry.set_alias("churn", "champion", 3, reason="rmse 52 < 57")
     """
 
-    def __init__(self, settings: Settings | None = None, *, actor: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        actor: str | None = None,
+        role: Role = Role.ADMIN,
+    ) -> None:
         self.settings = settings or Settings()
         _check_local(self.settings)
         self.actor = actor or current_user()
+        self.role = role
         from keel.db import ensure_schema, make_engine
 
         self._engine = make_engine(
@@ -96,7 +112,7 @@ class Registry:
         except BaseException:
             self._engine.dispose()
             raise
-        self.store = ModelStore(self._engine)
+        self.store = GovernanceStore(self._engine)
         self._client: Client | None = None
         self._artifacts: ArtifactStore | None = None
 
@@ -250,7 +266,7 @@ class Registry:
 
     def set_alias(
         self, name: str, alias: str, version: int | str, *, reason: str | None = None
-    ) -> ModelVersion:
+    ) -> ModelVersion | AliasRequest:
         """See :func:`set_alias`."""
         check_model_name(name)
         check_alias(alias)
@@ -258,6 +274,12 @@ class Registry:
         if not isinstance(number, int):
             raise InvalidInput(
                 f"an alias points at a version number, not {version!r}", version=repr(version)
+            )
+        policy = self.store.get_policy(name)
+        if policy is not None and alias in policy.protect:
+            checks = self.checks(policy, self.store.get_version(name, number))
+            return self.store.create_request(
+                name, alias, number, actor=self.actor, reason=reason, checks=checks
             )
         self.store.set_alias(name, alias, number, actor=self.actor, reason=reason)
         return self.store.get_version(name, number)
@@ -286,6 +308,139 @@ class Registry:
             self.store.set_model_description(name, description, actor=self.actor)
         else:
             self.store.set_version_description(name, version, description, actor=self.actor)
+
+    # -- governance (keel.models.governance has the module functions) -----------------------
+
+    def get_policy(self, name: str) -> Policy | None:
+        """See :func:`keel.models.governance.get_policy`."""
+        return self.store.get_policy(check_model_name(name))
+
+    def set_policy(
+        self,
+        name: str,
+        *,
+        protect: list[str],
+        approvers: list[str],
+        requires: list[str] | None = None,
+        require_card: bool = False,
+    ) -> Policy:
+        """See :func:`keel.models.governance.set_policy`."""
+        check_model_name(name)
+        self._require_admin("changing a model's policy")
+        if not protect:
+            raise InvalidInput("a policy protects at least one alias (--protect production)")
+        aliases = list(dict.fromkeys(check_alias(alias) for alias in protect))
+        checks = [str(parse_requirement(text)) for text in requires or []]
+        return self.store.set_policy(
+            name,
+            protect=aliases,
+            approvers=parse_approvers(approvers),
+            requires=list(dict.fromkeys(checks)),
+            require_card=require_card,
+            actor=self.actor,
+        )
+
+    def clear_policy(self, name: str) -> Policy:
+        """See :func:`keel.models.governance.clear_policy`."""
+        check_model_name(name)
+        self._require_admin("changing a model's policy")
+        return self.store.clear_policy(name, actor=self.actor)
+
+    def requests(self, name: str, *, pending_only: bool = True) -> list[AliasRequest]:
+        """See :func:`keel.models.governance.list_requests`."""
+        return self.store.list_requests(check_model_name(name), pending_only=pending_only)
+
+    def approve(self, name: str, request_id: int, *, reason: str | None = None) -> AliasRequest:
+        """See :func:`keel.models.governance.approve`."""
+        request = self.store.get_request(check_model_name(name), request_id)
+        policy = self._deciding(request, "approving")
+        checks = self.checks(policy, self.store.get_version(name, request.version))
+        failed = [check for check in checks if not check.passed]
+        if failed:
+            raise Conflict(
+                f"request #{request_id} is not approved: {name}/{request.version} fails "
+                + "; ".join(str(check) for check in failed)
+                + ". It stays pending",
+                name=name,
+                request=request_id,
+                failed=[check.check for check in failed],
+            )
+        return self.store.approve(name, request_id, actor=self.actor, reason=reason, checks=checks)
+
+    def reject(self, name: str, request_id: int, *, reason: str) -> AliasRequest:
+        """See :func:`keel.models.governance.reject`."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("a rejection needs a reason (--reason)")
+        request = self.store.get_request(check_model_name(name), request_id)
+        self._deciding(request, "rejecting")
+        return self.store.reject(name, request_id, actor=self.actor, reason=reason)
+
+    def checks(self, policy: Policy, version: ModelVersion) -> list[CheckResult]:
+        """``version`` against ``policy``'s checks; see :func:`keel.models.approvals.run_checks`."""
+        return approvals.run_checks(self, policy, version)
+
+    def card(self, ref: str | ModelVersion) -> ModelCard:
+        """See :func:`keel.models.governance.get_card`."""
+        version = self.resolve(ref)
+        card = self.store.get_card(version.name, version.version)
+        if card is None:
+            raise NotFound(
+                f"{version.name}/{version.version} has no model card yet (keel models card "
+                f"generate {version.name}/{version.version})",
+                name=version.name,
+                version=version.version,
+            )
+        return card
+
+    def generate_card(self, ref: str | ModelVersion, *, replace: bool = False) -> ModelCard:
+        """See :func:`keel.models.governance.generate_card`."""
+        version = self.resolve(ref)
+        before = self.store.get_card(version.name, version.version)
+        if before is not None and not before.generated and not replace:
+            raise Conflict(
+                f"the card of {version.name}/{version.version} was edited by "
+                f"{before.updated_by}; generating would replace their text (--replace does)",
+                name=version.name,
+                version=version.version,
+            )
+        markdown = render_card(
+            version,
+            manifest=tracing.manifest_or_none(self, version),
+            lineage=tracing.lineage(self, version),
+            evaluations=self.store.evaluations(version.name, version.version),
+        )
+        detail = edit_summary(before.markdown if before else None, markdown)
+        return self.store.put_card(
+            version.name, version.version, markdown, generated=True, actor=self.actor, detail=detail
+        )
+
+    def edit_card(self, ref: str | ModelVersion, markdown: str) -> ModelCard:
+        """See :func:`keel.models.governance.edit_card`."""
+        if not isinstance(markdown, str) or not markdown.strip():
+            raise InvalidInput("a model card is non-empty Markdown")
+        version = self.resolve(ref)
+        before = self.store.get_card(version.name, version.version)
+        detail = edit_summary(before.markdown if before else None, markdown)
+        return self.store.put_card(
+            version.name,
+            version.version,
+            markdown,
+            generated=False,
+            actor=self.actor,
+            detail=detail,
+        )
+
+    def _require_admin(self, doing: str) -> None:
+        approvals.require_admin(self.actor, self.role, doing)
+
+    def _deciding(self, request: AliasRequest, doing: Literal["approving", "rejecting"]) -> Policy:
+        return approvals.deciding_policy(
+            request,
+            self.store.get_policy(request.name),
+            actor=self.actor,
+            role=self.role,
+            doing=doing,
+        )
 
     # -- diff and lineage (keel.models.tracing gathers them) ---------------------------------
 
@@ -403,13 +558,16 @@ def set_alias(
     *,
     reason: str | None = None,
     settings: Settings | None = None,
-) -> ModelVersion:
+) -> ModelVersion | AliasRequest:
     """Point ``alias`` of ``name`` at ``version``, moving it atomically if it is set.
 
     The move and its audit row (who, when, from which version, ``reason``) are one transaction.
+    An alias the model's policy protects does not move: a pending request is recorded instead
+    (:func:`keel.models.governance.approve` moves it).
 
     Returns:
-        The version the alias now points at.
+        The version the alias now points at, or the
+        :class:`~keel.models.governance_models.AliasRequest` for a protected alias.
 
     Raises:
         InvalidInput: a malformed alias (``latest`` is reserved) or version.
@@ -432,6 +590,8 @@ def delete_alias(
 
     Raises:
         NotFound: no such model or alias.
+        PermissionDenied: the model's policy protects the alias (take it out of the policy
+            first).
 
     Example:
         >>> delete_alias("churn", "challenger")  # doctest: +SKIP

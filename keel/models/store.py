@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from keel.db import schema, write_options
-from keel.errors import AlreadyExists, NotFound
+from keel.errors import AlreadyExists, NotFound, PermissionDenied
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel, Signature
 
 __all__ = ["ModelStore", "VersionReference"]
@@ -41,6 +41,7 @@ _mt = schema.registered_model_tags
 _vt = schema.model_version_tags
 _a = schema.model_aliases
 _audit = schema.model_audit
+_p = schema.model_policies
 
 
 class VersionReference(NamedTuple):
@@ -335,32 +336,16 @@ class ModelStore:
 
         Raises:
             NotFound: no such model or version.
+            PermissionDenied: the model's policy protects ``alias``: it moves only through an
+                approved request (:mod:`keel.models.store_governance`).
         """
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
             self._version_row(conn, name, model_id, version)
-            previous = self._aliases(conn, model_id).get(alias)
-            now = _now_ms()
-            upsert = self._insert(_a).values(
-                model_id=model_id, alias=alias, version=version, updated_at=now, updated_by=actor
+            self._refuse_protected(conn, name, model_id, alias, "moving")
+            return self._move_alias(
+                conn, name, model_id, alias, version, actor=actor, reason=reason
             )
-            conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[_a.c.model_id, _a.c.alias],
-                    set_={"version": version, "updated_at": now, "updated_by": actor},
-                )
-            )
-            self._audit(
-                conn,
-                name,
-                "set_alias",
-                actor=actor,
-                version=version,
-                alias=alias,
-                reason=reason,
-                detail={"from": previous, "to": version},
-            )
-            return previous
 
     def delete_alias(self, name: str, alias: str, *, actor: str, reason: str | None = None) -> int:
         """Remove ``alias``, with its audit row, in one transaction.
@@ -370,10 +355,13 @@ class ModelStore:
 
         Raises:
             NotFound: no such model or alias.
+            PermissionDenied: the model's policy protects ``alias``.
         """
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
             aliases = self._aliases(conn, model_id)
+            if alias in aliases:
+                self._refuse_protected(conn, name, model_id, alias, "deleting")
             if alias not in aliases:
                 have = ", ".join(f"{a} -> {v}" for a, v in aliases.items()) or "none"
                 raise NotFound(
@@ -443,6 +431,65 @@ class ModelStore:
         return _event(row)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _move_alias(
+        self,
+        conn: Connection,
+        name: str,
+        model_id: int,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> int | None:
+        """Upsert the alias and write its ``set_alias`` audit row; the model is locked."""
+        previous = self._aliases(conn, model_id).get(alias)
+        now = _now_ms()
+        upsert = self._insert(_a).values(
+            model_id=model_id, alias=alias, version=version, updated_at=now, updated_by=actor
+        )
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[_a.c.model_id, _a.c.alias],
+                set_={"version": version, "updated_at": now, "updated_by": actor},
+            )
+        )
+        self._audit(
+            conn,
+            name,
+            "set_alias",
+            actor=actor,
+            version=version,
+            alias=alias,
+            reason=reason,
+            detail={"from": previous, "to": version, **(detail or {})},
+        )
+        return previous
+
+    def _refuse_protected(
+        self, conn: Connection, name: str, model_id: int, alias: str, doing: str
+    ) -> None:
+        """PermissionDenied when the model's policy protects ``alias`` (read under the lock)."""
+        protect = conn.execute(select(_p.c.protect).where(_p.c.model_id == model_id)).scalar()
+        if protect is None or alias not in json.loads(protect):
+            return
+        if doing == "moving":
+            hint = (
+                "it moves only through an approved request "
+                f"(keel models alias set, then keel models approve {name} ID)"
+            )
+        else:
+            hint = (
+                "take it out of the policy's --protect list first "
+                f"(keel models policy set {name} ... or keel models policy clear {name})"
+            )
+        raise PermissionDenied(
+            f"{doing} {name}@{alias} is refused: the model's policy protects it; {hint}",
+            name=name,
+            alias=alias,
+        )
 
     def _audit(
         self,
