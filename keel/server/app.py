@@ -149,11 +149,17 @@ def _install_auth(app: FastAPI) -> None:
 
 
 def _routers() -> list[Any]:
-    """Every capability's routers, in mount order."""
+    """Every capability's routers, in mount order.
+
+    The MLflow-compatible registry routes come before the tracking ones, whose last route
+    answers every other ``/api/2.0/mlflow/`` path with ENDPOINT_NOT_FOUND.
+    """
+    from keel.models.mlflow_compat import router as models_mlflow_router
+    from keel.models.routes import router as models_router
     from keel.tracking.mlflow_compat import router as mlflow_router
     from keel.tracking.routes import router as tracking_router
 
-    return [tracking_router, mlflow_router]
+    return [tracking_router, models_router, models_mlflow_router, mlflow_router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,152 @@
+"""What the registry's routes share (native and MLflow-compatible): the server's registry for
+one request, who the request acts as, and who may write.
+
+The server opens one :class:`~keel.models.api.Registry` on first use (its database engine,
+tracking client and artifact store) and closes it when the app shuts down. Each request gets a
+view of it that records changes as the request's actor; the view shares the connections, so a
+request costs no engine or schema check.
+
+The rule on a server started with ``--auth``: the registry is not per experiment, so it is
+checked by token role alone. Any valid token reads every registered model, version, alias,
+history, diff and lineage; changing anything (registering, aliases, tags, descriptions) needs an
+editor or admin token, and the audit trail's actor is the token's user. Registering from a run
+also needs read access to that run's experiment (a run the caller cannot see is a 404), so a
+registered version publishes what its run's lineage shows to every reader of the registry.
+Without ``--auth`` the actor is what the caller claims in the ``Keel-User`` header (``unknown``
+when it sends none), as a run's user is.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+
+from keel.auth.models import Principal, Role
+from keel.errors import PermissionDenied
+from keel.models.api import Registry
+from keel.models.wire import ACTOR_HEADER
+from keel.tracking.service import TrackingService, service_of
+
+__all__ = [
+    "ReaderDep",
+    "WriterDep",
+    "close_registry",
+    "lifespan",
+    "note",
+    "reader",
+    "shared_registry",
+    "tracking_of",
+    "writer",
+]
+
+UNKNOWN_ACTOR = "unknown"
+_OPENING = threading.Lock()
+
+
+def shared_registry(app: FastAPI) -> Registry:
+    """The app's one registry, opened on first use (a server is local to its database: a
+    ``KEEL_TRACKING_URI`` in the server's own environment does not apply to it)."""
+    registry: Registry | None = getattr(app.state, "model_registry", None)
+    if registry is not None:
+        return registry
+    with _OPENING:
+        registry = getattr(app.state, "model_registry", None)
+        if registry is None:
+            settings = app.state.settings
+            if settings.tracking_uri:
+                settings = settings.replace(tracking_uri=None)
+            registry = Registry(settings, actor=UNKNOWN_ACTOR)
+            # opened here, once: every request's view shares them (see _view)
+            registry.client  # noqa: B018
+            registry.artifacts  # noqa: B018
+            app.state.model_registry = registry
+    return registry
+
+
+def close_registry(app: FastAPI) -> None:
+    """Close the app's registry if a request opened it."""
+    registry: Registry | None = getattr(app.state, "model_registry", None)
+    if registry is not None:
+        app.state.model_registry = None
+        registry.close()
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The registry router's lifespan: closes the registry when the server stops."""
+    yield
+    close_registry(app)
+
+
+def _view(request: Request, principal: Principal | None, claimed: str | None = None) -> Registry:
+    """The shared registry acting as the caller: a shallow copy sharing its engine, store,
+    tracking client and artifact store (never closed itself). With ``--auth`` it acts as the
+    token's user with the token's role (governance checks it); without, as the claimed user
+    with the local default role."""
+    view = copy.copy(shared_registry(request.app))
+    if principal is None:
+        view.actor = claimed or UNKNOWN_ACTOR
+    else:
+        view.actor = principal.user
+        view.role = principal.role
+    return view
+
+
+def _principal(request: Request) -> Principal | None:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return principal
+
+
+ClaimedUser = Annotated[
+    str | None,
+    Header(
+        alias=ACTOR_HEADER,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f]*$",
+        description="who makes the change, on a server without --auth (ignored with --auth)",
+    ),
+]
+
+
+def reader(request: Request) -> Registry:
+    """A FastAPI dependency: the registry to read from (any authenticated caller may)."""
+    return _view(request, _principal(request))
+
+
+def writer(request: Request, claimed: ClaimedUser = None) -> Registry:
+    """A FastAPI dependency: the registry acting as the caller.
+
+    Raises:
+        PermissionDenied: with ``--auth``, the token's role is viewer.
+    """
+    principal = _principal(request)
+    if principal is not None and principal.role < Role.EDITOR:
+        raise PermissionDenied(
+            f"token {principal.token_id} has role viewer, which cannot change the model "
+            "registry; use an editor token (keel tokens create --role editor)",
+            role=principal.role.label,
+            needs="editor",
+        )
+    return _view(request, principal, claimed)
+
+
+def tracking_of(request: Request) -> TrackingService:
+    """The caller's tracking service (its checked view with ``--auth``)."""
+    return service_of(request)
+
+
+def note(request: Request, *targets: str) -> None:
+    """Name what the request touched in the server's audit log (``--auth``)."""
+    audit: dict[str, Any] | None = getattr(request.state, "audit", None)
+    if audit is not None:
+        audit["targets"].extend(targets)
+
+
+ReaderDep = Annotated[Registry, Depends(reader)]
+WriterDep = Annotated[Registry, Depends(writer)]
