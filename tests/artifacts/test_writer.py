@@ -182,7 +182,7 @@ def test_a_checkout_killed_midway_leaves_only_whole_files(tmp_path: Path) -> Non
             if rel in expected:
                 assert path.read_bytes() == expected[rel]
                 checked += 1
-    assert checked > 3 * len(contents)
+    assert checked >= 3 * len(contents)  # three rounds done before the fourth began
 
 
 # -- checkout: folders checked and made once -----------------------------------------------------
