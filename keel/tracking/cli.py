@@ -204,7 +204,7 @@ def experiments_restore(experiment: str) -> None:
 
 @click.group()
 def runs() -> None:
-    """List, show, search, compare, export, delete and restore runs.
+    """List, show, search, compare, export, delete, restore and reproduce runs.
 
     \b
     Example:
@@ -578,3 +578,101 @@ def runs_restore(run_ids: tuple[str, ...]) -> None:
     if not count:
         raise NotFound("none of those runs exist")
     click.echo(f"Restored {count} run(s)")
+
+
+@runs.command("reproduce")
+@click.argument("run")
+@click.option("--dry-run", is_flag=True, help="Print the plan only: no worktree, data or run.")
+@click.option("--keep-worktree", is_flag=True, help="Leave the temporary git worktree in place.")
+@_json_option
+def runs_reproduce(run: str, dry_run: bool, keep_worktree: bool, as_json: bool) -> None:
+    """Re-execute RUN's entry point at its git commit into a new run linked to it.
+
+    A temporary git worktree at the run's commit (its recorded diff applied if the tree was
+    dirty), its dataset versions and *.keel data checked out, the packages it recorded compared
+    with this environment; then `python SCRIPT ARGS` in the worktree, whose runs record
+    keel.reproduced_from=RUN, and a table of metric deltas. Exits 1 if the entry point fails.
+
+    \b
+    Example:
+      keel runs reproduce 3f2a --dry-run
+      keel runs reproduce 3f2a
+    """
+    from keel.tracking.reproduce import reproduce
+
+    result = reproduce(run, keep_worktree=keep_worktree, dry_run=dry_run)
+    if as_json:
+        _echo_json(_reproduction_dict(result))
+    else:
+        _print_reproduction(result)
+    if result.exit_code:
+        sys.exit(1)
+
+
+def _reproduction_dict(result: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(result)
+    data["deltas"] = [
+        {**asdict(d), "delta": d.delta, "relative": d.relative} for d in result.deltas
+    ]
+    return data
+
+
+def _print_reproduction(result: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    plan = result.plan
+    console.print(
+        f"[bold]{plan.run_name}[/] {plan.run_id} · commit {plan.commit[:12]} in {plan.repo}"
+    )
+    console.print(f"command: (cd {plan.workdir}) {' '.join(plan.command)}")
+    console.print(f"data: {', '.join(plan.inputs) if plan.inputs else 'no dataset versions'}")
+    if plan.differing:
+        table = Table(
+            "package",
+            "recorded",
+            "installed",
+            title=f"packages that differ ({len(plan.differing)} of {plan.requirements})",
+            title_justify="left",
+            box=None,
+        )
+        for req in plan.differing:
+            table.add_row(req.name, req.recorded, req.installed or "[red]missing[/]")
+        console.print(table)
+    else:
+        console.print(f"packages: the {plan.requirements} recorded match this environment")
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    if result.run_id is None:
+        console.print("[cyan]dry run:[/] nothing was checked out or run")
+        return
+    style = "green" if result.exit_code == 0 else "red"
+    console.print(
+        f"new run [bold]{result.run_id}[/] ([{style}]exit code {result.exit_code}[/]), "
+        f"linked with keel.reproduced_from={plan.run_id}"
+    )
+    if result.other_runs:
+        console.print(f"the entry point also started: {', '.join(result.other_runs)}")
+    if result.worktree:
+        console.print(f"worktree kept at {result.worktree}")
+    table = Table(
+        "metric",
+        "original",
+        "reproduced",
+        "delta",
+        "relative",
+        title="metrics",
+        title_justify="left",
+        box=None,
+    )
+    for d in result.deltas:
+        table.add_row(
+            d.key,
+            "" if d.original is None else _number(d.original),
+            "" if d.reproduced is None else _number(d.reproduced),
+            "" if d.delta is None else _number(d.delta),
+            "" if d.relative is None else f"{d.relative:+.2%}",
+        )
+    console.print(table)
