@@ -99,19 +99,17 @@ def evaluations(ref: str, as_json: bool) -> None:
         )
         return
     table = Table()
-    for column in ("id", "version", "dataset", "target", "task", "rows", "at", "by"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("metrics", overflow="fold")
+    for column in ("id", "version", "dataset", "target", "rows", "at"):
+        table.add_column(column, no_wrap=column in ("id", "version", "dataset", "rows"))
+    table.add_column("metrics", ratio=1, min_width=20)
     for e in found:
         table.add_row(
             str(e.id),
             str(e.version),
             escape(e.dataset),
             escape(e.target),
-            e.task,
             f"{e.rows:,}",
-            e.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-            escape(e.created_by),
+            e.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
             ", ".join(f"{k}={v:.4g}" for k, v in e.metrics.items()),
         )
     _console().print(table)

@@ -276,7 +276,8 @@ def _decide(
     relative = change / abs(champion) if champion else None
     word = "better" if improvement > 0 else "worse" if improvement < 0 else "equal"
     results = "; ".join(f"{c['text']}: {'yes' if c['passed'] else 'no'}" for c in checks)
-    reason = f"{metric} {value:.6g} against {champion:.6g} ({word}); {results}"
+    verdict = "pass" if passed else "fail"
+    reason = f"{verdict}: {metric} {value:.6g} against {champion:.6g} ({word}); {results}"
     return {
         "passed": passed,
         "dataset": mine.dataset,
