@@ -65,16 +65,17 @@ def edit_summary(before: str | None, after: str) -> dict[str, Any]:
     new = after.splitlines()
     added = removed = 0
     sections: list[str] = []
-    heading = ""
     matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             continue
         removed += i2 - i1
         added += j2 - j1
-        heading = _heading_before(new, j1) or _heading_before(old, i1)
-        if heading and heading not in sections:
-            sections.append(heading)
+        touched = [(new, j) for j in range(j1, j2)] + [(old, i) for i in range(i1, i2)]
+        for lines, index in touched:
+            heading = _heading_before(lines, index) if lines[index].strip() else ""
+            if heading and heading not in sections:
+                sections.append(heading)
     return {"lines_added": added, "lines_removed": removed, "sections": sections}
 
 

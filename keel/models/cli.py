@@ -20,7 +20,9 @@ from rich.tree import Tree
 
 from keel.models import api
 from keel.models.cli_eval import mount as mount_evaluation
+from keel.models.cli_governance import mount as mount_governance
 from keel.models.compare import Change, ModelDiff
+from keel.models.governance_models import AliasRequest
 from keel.models.lineage import LineageNode, ModelLineage
 from keel.models.models import AuditEvent, ModelVersion
 from keel.models.uris import parse_version_ref
@@ -43,6 +45,7 @@ def models() -> None:
 
 
 mount_evaluation(models)  # evaluate, evaluations, gate
+mount_governance(models)  # policy, requests, approve, reject, card
 
 
 @models.command("list")
@@ -165,7 +168,10 @@ def set_alias(name: str, alias_name: str, version: int, reason: str | None) -> N
       keel models alias set churn champion 3 --reason "rmse 52 < 57"
     """
     before = api.get_model(name).aliases.get(alias_name)
-    api.set_alias(name, alias_name, version, reason=reason)
+    done = api.set_alias(name, alias_name, version, reason=reason)
+    if isinstance(done, AliasRequest):  # a protected alias: approval needed
+        click.echo(done.summary)
+        return
     moved = f" (was {before})" if before is not None and before != version else ""
     click.echo(f"{name}@{alias_name} -> {version}{moved}")
 
@@ -399,7 +405,27 @@ def _change(event: AuditEvent) -> str:
     version = f"v{event.version}" if event.version is not None else ""
     if event.action == "set_alias":
         was = f" (was {d['from']})" if d.get("from") is not None else ""
-        return f"{event.alias} -> {event.version}{was}"
+        via = f" by request #{d['request']}" if d.get("request") else ""
+        return f"{event.alias} -> {event.version}{was}{via}"
+    if event.action in ("request", "approve", "reject"):
+        checks = "; ".join(
+            f"{c['check']} {'passes' if c['passed'] else 'fails'}" for c in d.get("checks", [])
+        )
+        by = f", requested by {d['requested_by']}" if d.get("requested_by") else ""
+        line = f"#{d.get('request')} {event.alias} -> {event.version}{by}"
+        return f"{line}; checks: {checks}" if checks else line
+    if event.action in ("set_policy", "clear_policy"):
+        parts = [f"protect {', '.join(d.get('protect', []))}"]
+        parts.append(f"approvers {', '.join(d.get('approvers', []))}")
+        parts += [f"require {check}" for check in d.get("requires", [])]
+        parts += ["require card"] if d.get("require_card") else []
+        if d.get("cancelled_requests"):
+            parts.append(f"cancelled #{', #'.join(map(str, d['cancelled_requests']))}")
+        return ("was: " if event.action == "clear_policy" else "") + "; ".join(parts)
+    if event.action in ("generate_card", "edit_card"):
+        sections = f" in {', '.join(d['sections'])}" if d.get("sections") else ""
+        added, removed = d.get("lines_added", 0), d.get("lines_removed", 0)
+        return f"{version} card +{added} -{removed} lines{sections}"
     if event.action == "delete_alias":
         return f"{event.alias} (was {event.version})"
     if event.action == "create_version":
