@@ -343,7 +343,7 @@ def search_registered_models(
     """Models whose name matches ``filter`` (``name = 'x'``, ``name LIKE 'churn%'``, ``ILIKE``,
     ``!=``, joined by ``AND``), by name unless ``order_by`` says otherwise."""
     matches = _matcher(filter, {"name"})
-    models = [m for m in registry.list_models() if matches({"name": m.name})]
+    models = [m for m in registry.list_models() if matches(_row({"name": m.name}, m.tags))]
     models = _ordered(models, order_by, _MODEL_ORDER, default="name")
     page, token = _page(models, max_results, page_token, cap=1000)
     return SearchRegisteredModelsResponse(
@@ -451,7 +451,9 @@ def search_model_versions(
     exact = {key: value for key, op, value in conditions if op == "=" and isinstance(value, str)}
     versions = registry.search_versions(name=exact.get("name"), run_id=exact.get("run_id"))
     matches = _matcher_of(conditions)
-    versions = [v for v in versions if matches({"name": v.name, "run_id": v.run_id or ""})]
+    versions = [
+        v for v in versions if matches(_row({"name": v.name, "run_id": v.run_id or ""}, v.tags))
+    ]
     versions = _ordered(versions, order_by, _VERSION_ORDER, default=None)
     page, token = _page(versions, max_results, page_token, cap=MAX_SEARCH_RESULTS)
     return SearchModelVersionsResponse(
@@ -524,13 +526,14 @@ def get_latest_versions() -> Response:
 # -- filters, order and pages --------------------------------------------------------------------
 
 _CLAUSE = re.compile(
-    r"""\s*(?P<key>`?[A-Za-z_][A-Za-z0-9_.]*`?)\s*(?P<op>!=|=|ILIKE\b|LIKE\b|IN\b)\s*"""
+    r"""\s*(?P<key>`?[A-Za-z_][A-Za-z0-9_]*`?(?:\.(?:`[^`]+`|[A-Za-z0-9_.-]+))?)\s*(?P<op>!=|=|ILIKE\b|LIKE\b|IN\b)\s*"""
     r"""(?P<value>'(?:[^']|'')*'|"(?:[^"]|"")*"|\([^)]*\))\s*""",
     re.IGNORECASE,
 )
 _AND = re.compile(r"AND\b\s*", re.IGNORECASE)
 _QUOTED = re.compile(r"""'((?:[^']|'')*)'|"((?:[^"]|"")*)\"""")
 Condition = tuple[str, str, str | tuple[str, ...]]
+TAG_KEY = "tag:"
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
@@ -551,13 +554,14 @@ def _conditions(text: str, keys: set[str]) -> list[Condition]:
     accepted = ", ".join(sorted(keys))
     while text.strip() and position < len(text):
         match = _CLAUSE.match(text, position)
-        key = match["key"].strip("`").lower() if match else ""
+        key = _key(match["key"]) if match else ""
         op = match["op"].upper() if match else ""
         raw = match["value"] if match else ""
-        if match is None or key not in keys or (op == "IN") != raw.startswith("("):
+        known = key in keys or key.startswith(TAG_KEY)
+        if match is None or not known or (op == "IN") != raw.startswith("("):
             raise InvalidInput(
-                f"Keel cannot search with filter {text!r}: use comparisons of {accepted} with "
-                "=, !=, LIKE, ILIKE or IN ('a', 'b') on quoted text, joined by AND",
+                f"Keel cannot search with filter {text!r}: use comparisons of {accepted} or "
+                "tags.KEY with =, !=, LIKE, ILIKE or IN ('a', 'b') on quoted text, joined by AND",
                 filter=text,
             )
         value: str | tuple[str, ...]
@@ -580,23 +584,40 @@ def _like(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(body, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
 
 
-def _test(key: str, op: str, value: str | tuple[str, ...]) -> Callable[[dict[str, str]], bool]:
+def _key(text: str) -> str:
+    """``name``, or ``tag:KEY`` for ``tags.KEY``, ``tag.KEY`` and ``tags.`KEY```."""
+    head, dot, rest = text.partition(".")
+    head = head.strip("`").lower()
+    if dot and head in ("tag", "tags"):
+        return TAG_KEY + rest.strip("`")
+    return text.strip("`").lower()
+
+
+Row = dict[str, str]
+
+
+def _row(fields: dict[str, str], tags: dict[str, str]) -> Row:
+    return {**fields, **{TAG_KEY + key: value for key, value in tags.items()}}
+
+
+def _test(key: str, op: str, value: str | tuple[str, ...]) -> Callable[[Row], bool]:
+    """One condition; a tag the row lacks passes only ``!=``, as in MLflow's server."""
     if op == "IN":
-        return lambda row: row[key] in value
+        return lambda row: key in row and row[key] in value
     if op in ("LIKE", "ILIKE"):
         pattern = _like(str(value), ignore_case=op == "ILIKE")
-        return lambda row: pattern.fullmatch(row[key]) is not None
+        return lambda row: key in row and pattern.fullmatch(row[key]) is not None
     if op == "!=":
-        return lambda row: row[key] != value
-    return lambda row: row[key] == value
+        return lambda row: row.get(key) != value
+    return lambda row: key in row and row[key] == value
 
 
-def _matcher_of(conditions: list[Condition]) -> Callable[[dict[str, str]], bool]:
+def _matcher_of(conditions: list[Condition]) -> Callable[[Row], bool]:
     tests = [_test(key, op, value) for key, op, value in conditions]
     return lambda row: all(test(row) for test in tests)
 
 
-def _matcher(text: str | None, keys: set[str]) -> Callable[[dict[str, str]], bool]:
+def _matcher(text: str | None, keys: set[str]) -> Callable[[Row], bool]:
     return _matcher_of(_conditions(text or "", keys))
 
 
