@@ -627,7 +627,8 @@ def _print_reproduction(result: Any) -> None:
     console.print(
         f"[bold]{plan.run_name}[/] {plan.run_id} · commit {plan.commit[:12]} in {plan.repo}"
     )
-    console.print(f"command: (cd {plan.workdir}) {' '.join(plan.command)}")
+    where = "" if plan.workdir == "." else f" (in the worktree's {plan.workdir}/)"
+    console.print(f"command: {' '.join(plan.command)}{where}")
     console.print(f"data: {', '.join(plan.inputs) if plan.inputs else 'no dataset versions'}")
     if plan.differing:
         table = Table(
@@ -653,6 +654,11 @@ def _print_reproduction(result: Any) -> None:
         f"new run [bold]{result.run_id}[/] ([{style}]exit code {result.exit_code}[/]), "
         f"linked with keel.reproduced_from={plan.run_id}"
     )
+    if result.inputs != plan.inputs:
+        console.print(
+            f"[yellow]warning:[/] the new run read {', '.join(result.inputs) or 'no dataset'}; "
+            f"the original read {', '.join(plan.inputs) or 'none'}"
+        )
     if result.other_runs:
         console.print(f"the entry point also started: {', '.join(result.other_runs)}")
     if result.worktree:
