@@ -5,8 +5,9 @@ run, param, metric, tag and search calls land here under ``/api/2.0/mlflow/...``
 calls go through the ``mlflow-artifacts`` proxy (:mod:`keel.tracking.mlflow_compat_artifacts`).
 Each endpoint translates MLflow's JSON (:mod:`keel.tracking.mlflow_compat_wire`) into
 :class:`keel.tracking.api.Client` calls and back, so what an MLflow client logs is an ordinary
-Keel run. Endpoints Keel does not implement (the model registry, traces, datasets...) answer
-404 ``ENDPOINT_NOT_FOUND``. See ``docs/mlflow.md``.
+Keel run. The model registry's endpoints are :mod:`keel.models.mlflow_compat`, mounted before
+this router (tracking does not import models). Endpoints Keel does not implement (registry
+stages, traces, datasets...) answer 404 ``ENDPOINT_NOT_FOUND``. See ``docs/mlflow.md``.
 """
 
 from __future__ import annotations
@@ -410,7 +411,8 @@ router.include_router(artifacts_router)
     response_model=None,
 )
 def not_implemented(path: str) -> Response:
-    """Every MLflow endpoint Keel does not serve (registry, traces, datasets, ...)."""
+    """Every MLflow endpoint Keel does not serve (traces, datasets, ...). The registry's are
+    mounted before this route (keel.models.mlflow_compat), so only the ones it lacks end here."""
     return error_response(
         404,
         "ENDPOINT_NOT_FOUND",
