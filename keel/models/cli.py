@@ -426,6 +426,16 @@ def _change(event: AuditEvent) -> str:
         sections = f" in {', '.join(d['sections'])}" if d.get("sections") else ""
         added, removed = d.get("lines_added", 0), d.get("lines_removed", 0)
         return f"{version} card +{added} -{removed} lines{sections}"
+    if event.action == "evaluate":
+        return f"{version} on {d.get('dataset')} ({d.get('task')}, {d.get('rows')} rows)"
+    if event.action == "gate":
+        verdict = "pass" if d.get("passed") else "fail"
+        against = (
+            f"{d.get('against')} (v{d['against_version']})"
+            if d.get("against_version")
+            else str(d.get("against"))
+        )
+        return f"{version} {verdict} on {d.get('metric')} against {against}"
     if event.action == "delete_alias":
         return f"{event.alias} (was {event.version})"
     if event.action == "create_version":

@@ -112,20 +112,6 @@ class Evaluator:
             detail=detail,
             actor=self.registry.actor,
         )
-        self.registry.store.record(
-            version.name,
-            "evaluate",
-            actor=self.registry.actor,
-            version=version.version,
-            detail={
-                "evaluation": evaluation.id,
-                "dataset": dataset.ref,
-                "target": target,
-                "task": task,
-                "rows": evaluation.rows,
-                "metrics": metrics,
-            },
-        )
         return evaluation
 
     def evaluations(self, ref: str) -> list[Evaluation]:

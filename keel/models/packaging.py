@@ -282,6 +282,11 @@ def _write_example(example: Any, folder: Path) -> str:
 
 
 def _keel_version() -> str:
-    from keel import __version__
+    # Not ``from keel import __version__``: keel/__init__.py names keel.models.autolog, which
+    # sits above this module in the import layers.
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("keel")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"

@@ -403,20 +403,6 @@ def _record(
         detail=detail,
         actor=registry.actor,
     )
-    registry.store.record(
-        candidate.name,
-        "gate",
-        actor=registry.actor,
-        version=candidate.version,
-        reason=str(detail["reason"]),
-        detail={
-            "verdict": verdict.id,
-            "against": against,
-            "against_version": against_version,
-            "metric": metric,
-            "passed": passed,
-        },
-    )
     return verdict
 
 

@@ -503,21 +503,16 @@ class ModelStore:
         reason: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> int:
-        inserted = conn.execute(
-            _audit.insert()
-            .values(
-                model=name,
-                action=action,
-                version=version,
-                alias=alias,
-                actor=actor,
-                reason=reason,
-                detail=json.dumps(dict(detail or {}), sort_keys=True),
-                at=_now_ms(),
-            )
-            .returning(_audit.c.id)
+        return append_audit(
+            conn,
+            name,
+            action,
+            actor=actor,
+            version=version,
+            alias=alias,
+            reason=reason,
+            detail=detail,
         )
-        return int(inserted.scalar_one())
 
     def _insert_model(
         self,
@@ -733,3 +728,33 @@ def _now_ms() -> int:
 
 def _time(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def append_audit(
+    conn: Connection,
+    name: str,
+    action: str,
+    *,
+    actor: str,
+    version: int | None = None,
+    alias: str | None = None,
+    reason: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Append one ``model_audit`` row in the caller's transaction (so a change and its audit
+    row commit or roll back together); its id."""
+    inserted = conn.execute(
+        _audit.insert()
+        .values(
+            model=name,
+            action=action,
+            version=version,
+            alias=alias,
+            actor=actor,
+            reason=reason,
+            detail=json.dumps(dict(detail or {}), sort_keys=True),
+            at=_now_ms(),
+        )
+        .returning(_audit.c.id)
+    )
+    return int(inserted.scalar_one())

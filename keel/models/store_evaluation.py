@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, select
 from keel.db import schema, write_options
 from keel.errors import NotFound
 from keel.models.evaluation_models import Evaluation, GateVerdict, Task
+from keel.models.store import append_audit
 
 __all__ = ["DETAIL_KEY", "EvaluationStore"]
 
@@ -62,7 +63,8 @@ class EvaluationStore:
         detail: dict[str, Any],
         actor: str,
     ) -> Evaluation:
-        """Record version ``version`` of ``name``'s metrics on ``dataset`` (``NAME@VERSION``).
+        """Record version ``version`` of ``name``'s metrics on ``dataset`` (``NAME@VERSION``),
+        with its ``evaluate`` audit row in the same transaction.
 
         Raises:
             NotFound: no such model.
@@ -86,6 +88,21 @@ class EvaluationStore:
                 )
                 .returning(*_e.c)
             ).one()
+            append_audit(
+                conn,
+                name,
+                "evaluate",
+                actor=actor,
+                version=version,
+                detail={
+                    "evaluation": inserted.evaluation_id,
+                    "dataset": dataset,
+                    "target": target,
+                    "task": task,
+                    "rows": rows,
+                    "metrics": metrics,
+                },
+            )
         return _evaluation(name, inserted)
 
     def list_evaluations(self, name: str, version: int | None = None) -> list[Evaluation]:
@@ -115,7 +132,8 @@ class EvaluationStore:
         detail: dict[str, Any],
         actor: str,
     ) -> GateVerdict:
-        """Record a gate's verdict on version ``version`` of ``name``.
+        """Record a gate's verdict on version ``version`` of ``name``, with its ``gate`` audit
+        row (``detail["reason"]`` is its reason) in the same transaction.
 
         Raises:
             NotFound: no such model.
@@ -137,6 +155,21 @@ class EvaluationStore:
                 )
                 .returning(*_g.c)
             ).one()
+            append_audit(
+                conn,
+                name,
+                "gate",
+                actor=actor,
+                version=version,
+                reason=str(detail["reason"]),
+                detail={
+                    "verdict": inserted.verdict_id,
+                    "against": against,
+                    "against_version": against_version,
+                    "metric": metric,
+                    "passed": passed,
+                },
+            )
         return _verdict(name, inserted)
 
     def list_verdicts(self, name: str, version: int | None = None) -> list[GateVerdict]:

@@ -122,6 +122,10 @@ def test_a_better_candidate_passes_and_a_worse_one_fails(
     ]
     assert gates[1].reason is not None and gates[1].reason.startswith("fail: rmse ")
     assert gates[1].reason.endswith("at least as good as the champion: no")
+    shown = run_main(cli, ["models", "history", "diabetes"]).output
+    assert "v1 fail on rmse against diabetes@champion (v2)" in shown
+    assert "v2 pass on r2 against diabetes/1 (v1)" in shown
+    assert "v1 on diabetes-test@1 (regression," in shown
 
 
 def test_min_improvement_relative_and_absolute(
