@@ -69,7 +69,7 @@ class RemoteRegistry:
             raise InvalidInput("RemoteRegistry needs settings.tracking_uri (KEEL_TRACKING_URI)")
         self.actor = actor or current_user()
         self._api = HttpApi(self.settings.tracking_uri, token=token_of(self.settings))
-        self._headers = {ACTOR_HEADER: self.actor}
+        self._headers = {ACTOR_HEADER: quote(self.actor, safe="")}  # any name fits a header
 
     def __repr__(self) -> str:
         return f"<RemoteRegistry {self._api.base_url}>"

@@ -23,6 +23,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Header, Request
 
@@ -90,7 +91,7 @@ def _view(request: Request, principal: Principal | None, claimed: str | None = N
     with the local default role."""
     view = copy.copy(shared_registry(request.app))
     if principal is None:
-        view.actor = claimed or UNKNOWN_ACTOR
+        view.actor = unquote(claimed) if claimed else UNKNOWN_ACTOR
     else:
         view.actor = principal.user
         view.role = principal.role
@@ -109,7 +110,8 @@ ClaimedUser = Annotated[
         min_length=1,
         max_length=128,
         pattern=r"^[^\x00-\x1f]*$",
-        description="who makes the change, on a server without --auth (ignored with --auth)",
+        description="who makes the change, percent-encoded, on a server without --auth "
+        "(ignored with --auth)",
     ),
 ]
 

@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 ACTOR_HEADER = "Keel-User"
-"""Who makes a change, as a caller of a server without ``--auth`` claims it (with ``--auth``
-the token's user is recorded and this header is ignored)."""
+"""Who makes a change, as a caller of a server without ``--auth`` claims it, percent-encoded
+(``j%C3%B6rg``); with ``--auth`` the token's user is recorded and this header is ignored."""
 
 MAX_TAG_KEY = 250
 _REQUEST = ConfigDict(extra="forbid")

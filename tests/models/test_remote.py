@@ -53,7 +53,7 @@ def _log(alpha: float) -> keel.models.LoggedModel:
 
 def test_remote_registry_round_trip(server: Server) -> None:
     first, second = _log(0.5), _log(2.0)
-    with RemoteRegistry(Settings(), actor="ana") as registry:
+    with RemoteRegistry(Settings(), actor="anaïs") as registry:
         version = registry.register(
             first.uri, "remote-ridge", description="ridge", tags={"team": "ml"}
         )
@@ -61,7 +61,7 @@ def test_remote_registry_round_trip(server: Server) -> None:
         assert (version.digest, version.flavor, version.created_by) == (
             first.digest,
             "sklearn",
-            "ana",
+            "anaïs",
         )
         assert version.signature == first.manifest.signature
         assert registry.register(second.uri, "remote-ridge").version == 2
@@ -97,7 +97,7 @@ def test_remote_registry_round_trip(server: Server) -> None:
 
         assert registry.delete_alias("remote-ridge", "champion", reason="drill") == 1
         events = registry.history("remote-ridge")
-        assert {e.actor for e in events} == {"ana"}
+        assert {e.actor for e in events} == {"anaïs"}
         assert events[-1].action == "delete_alias" and events[-1].reason == "drill"
 
         # errors are the same classes as a local registry's
