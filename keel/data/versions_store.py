@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keel.data.profile_models import TableProfile
 from keel.data.version_models import DatasetVersion
-from keel.db import schema, write_options
+from keel.db import dialect_insert, schema, write_options
 from keel.errors import NotFound, StorageError
 
 __all__ = ["DatasetRun", "DatasetSummary", "Lineage", "RunInput", "VersionStore"]
@@ -86,14 +86,7 @@ class VersionStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            self._insert: Any = postgresql.insert
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            self._insert = sqlite.insert
+        self._insert: Any = dialect_insert(engine)
 
     def _write(self) -> Connection:
         return self.engine.connect().execution_options(**write_options())

@@ -25,6 +25,19 @@ def write_options() -> dict[str, Any]:
     return dict(WRITE)
 
 
+def dialect_insert(engine: Engine) -> Any:
+    """The dialect's own ``insert`` (it has ``on_conflict_do_nothing`` / ``_do_update``),
+    imported only for the engine in use: the PostgreSQL dialect alone pulls in asyncio and
+    costs 60 ms of start-up on SQLite."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

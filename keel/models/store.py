@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import schema, write_options
+from keel.db import dialect_insert, schema, write_options
 from keel.errors import AlreadyExists, NotFound, PermissionDenied
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel, Signature
 
@@ -61,14 +61,7 @@ class ModelStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            self._insert: Any = postgresql.insert
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            self._insert = sqlite.insert
+        self._insert: Any = dialect_insert(engine)
 
     def _write(self) -> Connection:
         return self.engine.connect().execution_options(**write_options())
@@ -136,7 +129,7 @@ class ModelStore:
                 update(_m).where(_m.c.model_id == row.model_id).values(description=description)
             )
             detail = {"from": row.description, "to": description}
-            self._audit(conn, name, "set_description", actor=actor, detail=detail)
+            append_audit(conn, name, "set_description", actor=actor, detail=detail)
 
     # -- versions ---------------------------------------------------------------------------
 
@@ -185,7 +178,7 @@ class ModelStore:
             for key, value in (tags or {}).items():
                 self._upsert_tag(conn, _vt, {"version_id": version_id}, key, value)
             detail = {"source": source, "run_id": run_id, "digest": digest, "flavor": flavor}
-            self._audit(conn, name, "create_version", actor=actor, version=number, detail=detail)
+            append_audit(conn, name, "create_version", actor=actor, version=number, detail=detail)
             return self._versions(conn, name, model_id, [number])[0]
 
     def get_version(self, name: str, version: int) -> ModelVersion:
@@ -278,7 +271,7 @@ class ModelStore:
                 update(_v).where(_v.c.version_id == row.version_id).values(description=description)
             )
             detail = {"from": row.description, "to": description}
-            self._audit(conn, name, "set_description", actor=actor, version=version, detail=detail)
+            append_audit(conn, name, "set_description", actor=actor, version=version, detail=detail)
 
     def references(self) -> Iterator[VersionReference]:
         """``(digest, name, version)`` of every registered version, for gc."""
@@ -306,7 +299,7 @@ class ModelStore:
             previous = self._tag_value(conn, table, owner, key)
             self._upsert_tag(conn, table, owner, key, value)
             detail = {"key": key, "value": value, "previous": previous}
-            self._audit(conn, name, "set_tag", actor=actor, version=version, detail=detail)
+            append_audit(conn, name, "set_tag", actor=actor, version=version, detail=detail)
 
     def delete_tag(self, name: str, key: str, *, actor: str, version: int | None = None) -> None:
         """Delete tag ``key`` from the model, or from version ``version`` of it.
@@ -322,7 +315,7 @@ class ModelStore:
                 raise NotFound(f"{where} has no tag {key!r}", name=name, key=key)
             conn.execute(table.delete().where(*_owner_match(table, owner), table.c.key == key))
             detail = {"key": key, "previous": previous}
-            self._audit(conn, name, "delete_tag", actor=actor, version=version, detail=detail)
+            append_audit(conn, name, "delete_tag", actor=actor, version=version, detail=detail)
 
     # -- aliases ----------------------------------------------------------------------------
 
@@ -371,7 +364,7 @@ class ModelStore:
                 )
             conn.execute(_a.delete().where(_a.c.model_id == model_id, _a.c.alias == alias))
             previous = aliases[alias]
-            self._audit(
+            append_audit(
                 conn,
                 name,
                 "delete_alias",
@@ -417,7 +410,7 @@ class ModelStore:
         """
         with self._write() as conn, conn.begin():
             self._lock(conn, name)
-            event_id = self._audit(
+            event_id = append_audit(
                 conn,
                 name,
                 action,
@@ -456,7 +449,7 @@ class ModelStore:
                 set_={"version": version, "updated_at": now, "updated_by": actor},
             )
         )
-        self._audit(
+        append_audit(
             conn,
             name,
             "set_alias",
@@ -491,29 +484,6 @@ class ModelStore:
             alias=alias,
         )
 
-    def _audit(
-        self,
-        conn: Connection,
-        name: str,
-        action: str,
-        *,
-        actor: str,
-        version: int | None = None,
-        alias: str | None = None,
-        reason: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int:
-        return append_audit(
-            conn,
-            name,
-            action,
-            actor=actor,
-            version=version,
-            alias=alias,
-            reason=reason,
-            detail=detail,
-        )
-
     def _insert_model(
         self,
         conn: Connection,
@@ -539,7 +509,7 @@ class ModelStore:
             .returning(_m.c.model_id)
         ).scalar()
         if inserted is not None:
-            self._audit(conn, name, "create_model", actor=actor, detail=detail)
+            append_audit(conn, name, "create_model", actor=actor, detail=detail)
         return inserted
 
     def _lock(self, conn: Connection, name: str) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select, update
 from keel.db import schema
 from keel.errors import Conflict, NotFound
 from keel.models.governance_models import AliasRequest, CheckResult, ModelCard, Policy
-from keel.models.store import ModelStore, _now_ms, _time
+from keel.models.store import ModelStore, _now_ms, _time, append_audit
 
 __all__ = ["GovernanceStore"]
 
@@ -90,7 +90,7 @@ class GovernanceStore(ModelStore):
             }
             if cancelled:
                 detail["cancelled_requests"] = cancelled
-            self._audit(conn, name, "set_policy", actor=actor, detail=detail)
+            append_audit(conn, name, "set_policy", actor=actor, detail=detail)
             policy = self._policy(conn, name, model_id)
             assert policy is not None
             return policy
@@ -116,7 +116,7 @@ class GovernanceStore(ModelStore):
             )
             if cancelled:
                 detail["cancelled_requests"] = cancelled
-            self._audit(conn, name, "clear_policy", actor=actor, detail=detail)
+            append_audit(conn, name, "clear_policy", actor=actor, detail=detail)
             return policy
 
     # -- requests ---------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class GovernanceStore(ModelStore):
                 .returning(_r.c.request_id)
             ).scalar_one()
             previous = self._aliases(conn, model_id).get(alias)
-            self._audit(
+            append_audit(
                 conn,
                 name,
                 "request",
@@ -207,7 +207,7 @@ class GovernanceStore(ModelStore):
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
             row = self._decide(conn, name, model_id, request_id, "approved", actor, reason, checks)
-            self._audit(
+            append_audit(
                 conn,
                 name,
                 "approve",
@@ -243,7 +243,7 @@ class GovernanceStore(ModelStore):
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
             row = self._decide(conn, name, model_id, request_id, "rejected", actor, reason, None)
-            self._audit(
+            append_audit(
                 conn,
                 name,
                 "reject",
@@ -301,7 +301,7 @@ class GovernanceStore(ModelStore):
                 .on_conflict_do_update(index_elements=[_c.c.model_id, _c.c.version], set_=values)
             )
             action = "generate_card" if generated else "edit_card"
-            self._audit(conn, name, action, actor=actor, version=version, detail=detail)
+            append_audit(conn, name, action, actor=actor, version=version, detail=detail)
             row = conn.execute(
                 select(_c).where(_c.c.model_id == model_id, _c.c.version == version)
             ).one()

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, select
 
-from keel.db import schema, write_options
+from keel.db import dialect_insert, schema, write_options
 from keel.errors import InvalidInput, NotFound
 
 __all__ = [
@@ -78,17 +78,7 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # the dialect's own INSERT (for ON CONFLICT), imported only for the engine in use: the
-        # PostgreSQL dialect alone pulls in asyncio and costs 60 ms of start-up on SQLite
-        self._insert: Any
-        if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            self._insert = postgresql.insert
-        else:
-            from sqlalchemy.dialects import sqlite
-
-            self._insert = sqlite.insert
+        self._insert: Any = dialect_insert(engine)
         self._run_key_cache: dict[str, int] = {}
 
     def _upsert(
