@@ -7,9 +7,11 @@ and move atomically; every change lands in the model's append-only audit trail
 (:func:`history`) with who made it, when and why.
 
 A :class:`Registry` works over one :class:`~keel.settings.Settings` (its database and artifact
-store); the module functions make one per call, as :mod:`keel.data.api` does. The registry is
-local this session: with a tracking server (``KEEL_TRACKING_URI``) these raise
-:class:`~keel.errors.InvalidInput`, rather than write to a database the server never sees.
+store); the module functions make one per call, as :mod:`keel.data.api` does. With a tracking
+server (``KEEL_TRACKING_URI``) they use :class:`~keel.models.remote.RemoteRegistry` over its
+``/api/v1/models`` routes instead (:func:`registry_for`); governance (policies, approvals,
+cards) and evaluation are local-only for now and refuse a tracking server with
+:class:`~keel.errors.InvalidInput`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from keel.models.models import (
     RegisteredModel,
 )
 from keel.models.packaging import read_manifest
+from keel.models.remote import RemoteRegistry
 from keel.models.store import VersionReference
 from keel.models.store_governance import GovernanceStore
 from keel.models.uris import (
@@ -65,6 +68,7 @@ __all__ = [
     "list_versions",
     "model_version_references",
     "register",
+    "registry_for",
     "set_alias",
     "set_description",
     "set_tag",
@@ -489,7 +493,7 @@ def register(
         >>> version.uri
         'models:/churn/1'
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.register(uri, name, description=description, tags=tags)
 
 
@@ -503,7 +507,7 @@ def get_model(name: str, *, settings: Settings | None = None) -> RegisteredModel
         >>> get_model("churn").aliases  # doctest: +SKIP
         {'champion': 3}
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.get_model(name)
 
 
@@ -520,7 +524,7 @@ def get_version(
         >>> get_version("churn", "champion").version  # doctest: +SKIP
         3
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.get_version(name, version_or_alias)
 
 
@@ -533,7 +537,7 @@ def list_models(
         >>> [m.name for m in list_models(name_like="churn%")]  # doctest: +SKIP
         ['churn', 'churn-small']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.list_models(name_like=name_like)
 
 
@@ -547,7 +551,7 @@ def list_versions(name: str, *, settings: Settings | None = None) -> list[ModelV
         >>> [v.version for v in list_versions("churn")]  # doctest: +SKIP
         [3, 2, 1]
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.list_versions(name)
 
 
@@ -576,7 +580,7 @@ def set_alias(
     Example:
         >>> set_alias("churn", "champion", 3, reason="rmse 52 < 57")  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.set_alias(name, alias, version, reason=reason)
 
 
@@ -597,7 +601,7 @@ def delete_alias(
         >>> delete_alias("churn", "challenger")  # doctest: +SKIP
         4
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.delete_alias(name, alias, reason=reason)
 
 
@@ -618,7 +622,7 @@ def set_tag(
     Example:
         >>> set_tag("churn", "validated", "yes", version=3)  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         registry.set_tag(name, key, value, version=version)
 
 
@@ -633,7 +637,7 @@ def delete_tag(
     Example:
         >>> delete_tag("churn", "validated", version=3)  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         registry.delete_tag(name, key, version=version)
 
 
@@ -652,7 +656,7 @@ def set_description(
     Example:
         >>> set_description("churn", "Predicts churn from 90 days of usage")  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         registry.set_description(name, description, version=version)
 
 
@@ -666,7 +670,7 @@ def history(name: str, *, settings: Settings | None = None) -> list[AuditEvent]:
         >>> [(e.action, e.actor) for e in history("churn")][:2]  # doctest: +SKIP
         [('create_model', 'ana'), ('create_version', 'ana')]
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.history(name)
 
 
@@ -691,7 +695,7 @@ def diff(
         >>> [m.key for m in diff("churn@champion", "churn/4").metrics]  # doctest: +SKIP
         ['rmse']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.diff(left, right)
 
 
@@ -716,7 +720,7 @@ def lineage(uri: str | ModelVersion, *, settings: Settings | None = None) -> Mod
         >>> [n.kind for n in graph.nodes]
         ['run', 'model_version', 'dataset', 'alias']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.lineage(uri)
 
 
@@ -732,6 +736,16 @@ def model_version_references(settings: Settings) -> Iterator[VersionReference]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def registry_for(
+    settings: Settings | None = None, *, actor: str | None = None
+) -> Registry | RemoteRegistry:
+    """The registry ``settings`` name: over HTTP when a tracking server is set, else local."""
+    settings = settings or Settings()
+    if settings.tracking_uri:
+        return RemoteRegistry(settings, actor=actor)
+    return Registry(settings, actor=actor)
 
 
 def _check_local(settings: Settings) -> None:

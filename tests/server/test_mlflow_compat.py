@@ -302,8 +302,8 @@ def test_tags_delete_restore_status_and_errors(sqlite_url: str, keel_client: Cli
     assert keel_client.get_run(run_id).run_name == "renamed"
     client.set_tag(run_id, "mlflow.runName", "renamed-again")
     assert keel_client.get_run(run_id).run_name == "renamed-again"
-    with pytest.raises(MlflowException) as registry:
-        client.create_registered_model("model")
+    with pytest.raises(MlflowException) as registry:  # the registry is served; deleting is not
+        client.delete_registered_model("model")
     assert error_code(registry) == "ENDPOINT_NOT_FOUND"
 
 
@@ -386,7 +386,7 @@ def test_wire_errors_are_mlflow_shaped(sqlite_url: str) -> None:
             400,
             "INVALID_PARAMETER_VALUE",
         )
-        assert post("/model-versions/create", json={}) == (404, "ENDPOINT_NOT_FOUND")
+        assert post("/registered-models/rename", json={}) == (404, "ENDPOINT_NOT_FOUND")
         missing = http.get("/runs/get", params={"run_id": "f" * 32})
         assert missing.status_code == 404
         assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
