@@ -70,6 +70,9 @@ class StatCache:
         self.misses = 0
         self.folder_hits = 0
         self._preloaded: dict[str, tuple[int, int, int, str, int]] = {}
+        self._preloaded_folders: tuple[str, ...] = ()
+        """Prefixes whose every entry is in ``_preloaded``: a path under one that is not there
+        has no entry, and costs no query."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
@@ -91,11 +94,12 @@ class StatCache:
             (prefix, end),
         )
         self._preloaded.update((row[0], row[1:]) for row in rows)
+        self._preloaded_folders += (prefix,)
 
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The cached digest of the file at ``path`` if its stat is unchanged, else None."""
         row = self._preloaded.get(path)
-        if row is None:
+        if row is None and not path.startswith(self._preloaded_folders):
             row = self._conn.execute(
                 "SELECT size, mtime_ns, inode, digest, hashed_ns FROM stat_cache WHERE path = ?",
                 (path,),
@@ -124,7 +128,7 @@ class StatCache:
         if not rows:
             return
         for row in rows:
-            if row[0] in self._preloaded:
+            if row[0] in self._preloaded or row[0].startswith(self._preloaded_folders):
                 self._preloaded[row[0]] = row[1:]
         self._write("INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?)", rows)
 

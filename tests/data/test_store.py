@@ -58,3 +58,32 @@ def test_many_processes_opening_a_fresh_cache_at_once(tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
         assert not errors
+
+
+def test_lookups_under_a_preloaded_folder_read_no_more_rows(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    files = []
+    for i in range(3):
+        path = folder / f"f{i}.txt"
+        path.write_text(str(i))
+        files.append(path)
+    old = time.time_ns() - 2 * RACY_WINDOW_NS
+    os.utime(files[0], ns=(old, old))
+    with_entry = os.stat(files[0])
+    cache = StatCache(tmp_path / "cache.db")
+    cache.record([(str(files[0]), with_entry, "d" * 64, time.time_ns())])
+    cache.close()
+
+    cache = StatCache(tmp_path / "cache.db")
+    statements: list[str] = []
+    cache.preload(str(folder))
+    cache._conn.set_trace_callback(statements.append)  # every SQL statement from here on
+    assert cache.lookup(str(files[0]), with_entry) == "d" * 64
+    assert cache.lookup(str(files[1]), os.stat(files[1])) is None  # new: no row, no query
+    assert statements == []
+    outside = tmp_path / "other.txt"
+    outside.write_text("x")
+    assert cache.lookup(str(outside), os.stat(outside)) is None  # not preloaded: one query
+    assert len(statements) == 1
+    cache.close()
