@@ -9,9 +9,9 @@ and move atomically; every change lands in the model's append-only audit trail
 A :class:`Registry` works over one :class:`~keel.settings.Settings` (its database and artifact
 store); the module functions make one per call, as :mod:`keel.data.api` does. With a tracking
 server (``KEEL_TRACKING_URI``) they use :class:`~keel.models.remote.RemoteRegistry` over its
-``/api/v1/models`` routes instead (:func:`registry_for`); governance (policies, approvals,
-cards) and evaluation are local-only for now and refuse a tracking server with
-:class:`~keel.errors.InvalidInput`.
+``/api/v1/models`` routes instead (:func:`registry_for`), and so do governance's (policies,
+approvals, cards: :mod:`keel.models.governance`). Evaluation and release gates are local-only
+for now and refuse a tracking server with :class:`~keel.errors.InvalidInput`.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class Registry:
             authenticated principal's; locally the OS user owns the store: ``Role.ADMIN``.
 
     Raises:
-        InvalidInput: ``settings`` names a tracking server (the registry is local for now).
+        InvalidInput: ``settings`` names a tracking server (a Registry works on the database
+            itself; :func:`registry_for` picks :class:`~keel.models.remote.RemoteRegistry`).
 
     Example:
         >>> with Registry() as registry:
@@ -751,10 +752,10 @@ def registry_for(
 def _check_local(settings: Settings) -> None:
     if settings.tracking_uri:
         raise InvalidInput(
-            f"the model registry is not served by the tracking server ({settings.tracking_uri}) "
-            "yet; registry routes come with the server work. Use it with a local or shared "
-            "database: unset KEEL_TRACKING_URI and set KEEL_DATABASE_URL to the server's "
-            "database",
+            "evaluation and release gates are not served by the tracking server "
+            f"({settings.tracking_uri}) yet; evaluation routes come with later server work. "
+            "Use them with a local or shared database: unset KEEL_TRACKING_URI and set "
+            "KEEL_DATABASE_URL to the server's database",
             tracking_uri=settings.tracking_uri,
         )
 

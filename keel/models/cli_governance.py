@@ -1,9 +1,10 @@
 """``keel models policy|requests|approve|reject|card``: governance on the command line.
 
 Each command calls one function of :mod:`keel.models.governance`; :func:`mount` adds them to
-the ``keel models`` group. The actor is the OS user, who owns a local store (admin); there is
-no option to act as someone else: governance between people is enforced on a keel server with
-``--auth``, where the actor is the authenticated user.
+the ``keel models`` group. Locally the actor is the OS user, who owns the store (admin); with
+``KEEL_TRACKING_URI`` the commands go to that keel server, and on one started with ``--auth``
+the actor and role are those of ``KEEL_TRACKING_TOKEN``'s user. There is no option to act as
+someone else: governance between people is enforced by the server's tokens.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ with a reason. Every change here lands in the model's append-only audit trail
 (:func:`keel.models.api.history`).
 
 Who acts is the :class:`~keel.models.api.Registry`'s ``actor`` and ``role``: locally the OS user,
-who owns the store (admin). Governance between people is enforced for real on a keel server
-with ``--auth``, where the actor is the authenticated user.
+who owns the store (admin). With a tracking server (``KEEL_TRACKING_URI``) these functions go
+to it over HTTP (:func:`keel.models.api.registry_for`); on a server with ``--auth`` the actor
+and role are the token's (``KEEL_TRACKING_TOKEN``), which is how governance between people is
+enforced: alice's token requests a move, bob's approves it.
 
 Example:
     >>> set_policy("churn", protect=["production"], approvers=["admins"],
@@ -20,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from keel.models.api import Registry
+from keel.models.api import registry_for
 from keel.models.governance_models import AliasRequest, ModelCard, Policy
 from keel.models.models import ModelVersion
 from keel.settings import Settings
@@ -48,7 +50,7 @@ def get_policy(name: str, *, settings: Settings | None = None) -> Policy | None:
         >>> get_policy("churn").protect  # doctest: +SKIP
         ['production']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.get_policy(name)
 
 
@@ -85,7 +87,7 @@ def set_policy(
         >>> set_policy("churn", protect=["production"], approvers=["admins"],
         ...            requires=["metrics.rmse < 60"])  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.set_policy(
             name,
             protect=protect,
@@ -109,7 +111,7 @@ def clear_policy(name: str, *, settings: Settings | None = None) -> Policy:
         >>> clear_policy("churn").protect  # doctest: +SKIP
         ['production']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.clear_policy(name)
 
 
@@ -122,7 +124,7 @@ def list_requests(
         >>> [r.summary for r in list_requests("churn")]  # doctest: +SKIP
         ['request #1: moving production to 7 needs approval by admins; checks: ...']
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.requests(name, pending_only=pending_only)
 
 
@@ -141,7 +143,7 @@ def approve(
         >>> approve("churn", 1, reason="reviewed the card").state  # doctest: +SKIP
         'approved'
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.approve(name, request_id, reason=reason)
 
 
@@ -160,7 +162,7 @@ def reject(
         >>> reject("churn", 1, reason="drift on the March data").state  # doctest: +SKIP
         'rejected'
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.reject(name, request_id, reason=reason)
 
 
@@ -173,7 +175,7 @@ def get_card(ref: str | ModelVersion, *, settings: Settings | None = None) -> Mo
     Example:
         >>> print(get_card("churn/3").markdown)  # doctest: +SKIP
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.card(ref)
 
 
@@ -194,7 +196,7 @@ def generate_card(
         >>> generate_card("churn/3").generated  # doctest: +SKIP
         True
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.generate_card(ref, replace=replace)
 
 
@@ -211,5 +213,5 @@ def edit_card(
         >>> edit_card("churn/3", Path("card.md").read_text()).generated  # doctest: +SKIP
         False
     """
-    with Registry(settings) as registry:
+    with registry_for(settings) as registry:
         return registry.edit_card(ref, markdown)

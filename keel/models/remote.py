@@ -7,6 +7,10 @@ backoff on connection errors and 5xx, and the server's error answers raised as t
 :class:`keel.errors.KeelError` subclasses a local registry raises. Registering sends only the
 URI: the run's artifacts are on the server, which checks the folder itself.
 
+Governance travels the same way (:mod:`keel.models.routes_governance`): policies, requests to
+move protected aliases, approvals, rejections and model cards. A server with ``--auth`` decides
+who acts (the token's user and role), so there the two-person rule holds between people.
+
 Loading a registered model (``keel.models.load("models:/...")``) is local for now: it reads the
 artifact store by the version's digest, which a remote caller does not have.
 """
@@ -15,13 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from keel.errors import Conflict, InvalidInput
+from keel.errors import InvalidInput
 from keel.models.compare import ModelDiff
+from keel.models.governance_models import AliasRequest, ModelCard, Policy
 from keel.models.lineage import ModelLineage
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel
 from keel.models.uris import LATEST, check_alias, check_model_name, parse_version_ref
@@ -29,10 +35,15 @@ from keel.models.wire import (
     ACTOR_HEADER,
     AliasDeleted,
     AliasSet,
+    CardEdit,
+    CardGenerate,
+    Decision,
     DescriptionSet,
     EventList,
     ModelList,
+    PolicySet,
     RegisterRequest,
+    RequestList,
     TagSet,
     VersionList,
 )
@@ -41,6 +52,8 @@ from keel.tracking.remote_http import HttpApi, token_of
 from keel.tracking.source import current_user
 
 __all__ = ["RemoteRegistry"]
+
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 def _segment(text: str) -> str:
@@ -192,18 +205,14 @@ class RemoteRegistry:
 
     def set_alias(
         self, name: str, alias: str, version: int | str, *, reason: str | None = None
-    ) -> ModelVersion:
-        """See :func:`keel.models.api.set_alias`."""
+    ) -> ModelVersion | AliasRequest:
+        """See :func:`keel.models.api.set_alias`: a protected alias does not move, and the
+        request made instead is returned (the server answers 202)."""
         number = _number(version)
         path = f"{self._model_path(name)}/aliases/{_segment(check_alias(alias))}"
         response = self._request("PUT", path, body=AliasSet(version=number, reason=reason))
-        if response.status_code == 202:  # a protected alias: an approval request was made
-            request = response.json()
-            raise Conflict(
-                f"{name}@{alias} is protected: it did not move; approval request "
-                f"{request.get('id')} for version {number} is {request.get('state')}",
-                request_id=request.get("id"),
-            )
+        if response.status_code == 202:
+            return AliasRequest.model_validate(response.json())
         return ModelVersion.model_validate(response.json())
 
     def delete_alias(self, name: str, alias: str, *, reason: str | None = None) -> int:
@@ -239,6 +248,90 @@ class RemoteRegistry:
             path += f"/versions/{_number(version)}"
         return f"{path}/tags/{quote(key, safe='/')}"
 
+    # -- governance (keel.models.governance has the module functions) -----------------------
+
+    def get_policy(self, name: str) -> Policy | None:
+        """See :func:`keel.models.governance.get_policy`."""
+        found = self._get(f"{self._model_path(name)}/policy")
+        return None if found is None else Policy.model_validate(found)
+
+    def set_policy(
+        self,
+        name: str,
+        *,
+        protect: list[str],
+        approvers: list[str],
+        requires: list[str] | None = None,
+        require_card: bool = False,
+    ) -> Policy:
+        """See :func:`keel.models.governance.set_policy` (the server's token must be admin)."""
+        if not protect:
+            raise InvalidInput("a policy protects at least one alias (--protect production)")
+        body = _body(
+            PolicySet,
+            protect=protect,
+            approvers=approvers,
+            requires=requires or [],
+            require_card=require_card,
+        )
+        found = self._write("PUT", f"{self._model_path(name)}/policy", body=body)
+        return Policy.model_validate(found)
+
+    def clear_policy(self, name: str) -> Policy:
+        """See :func:`keel.models.governance.clear_policy`."""
+        path = f"{self._model_path(name)}/policy"
+        return Policy.model_validate(self._write("DELETE", path, idempotent=False))
+
+    def requests(self, name: str, *, pending_only: bool = True) -> list[AliasRequest]:
+        """See :func:`keel.models.governance.list_requests`."""
+        path = f"{self._model_path(name)}/requests"
+        found = self._get(path, all=None if pending_only else "true")
+        return RequestList.model_validate(found).requests
+
+    def approve(self, name: str, request_id: int, *, reason: str | None = None) -> AliasRequest:
+        """See :func:`keel.models.governance.approve`. Not retried once sent."""
+        path = f"{self._request_path(name, request_id)}/approve"
+        body = _body(Decision, reason=reason)
+        return AliasRequest.model_validate(self._write("POST", path, body=body, idempotent=False))
+
+    def reject(self, name: str, request_id: int, *, reason: str) -> AliasRequest:
+        """See :func:`keel.models.governance.reject`. Not retried once sent."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidInput("a rejection needs a reason (--reason)")
+        path = f"{self._request_path(name, request_id)}/reject"
+        body = _body(Decision, reason=reason)
+        return AliasRequest.model_validate(self._write("POST", path, body=body, idempotent=False))
+
+    def card(self, ref: str | ModelVersion) -> ModelCard:
+        """See :func:`keel.models.governance.get_card`."""
+        return ModelCard.model_validate(self._get(self._card_path(ref)))
+
+    def generate_card(self, ref: str | ModelVersion, *, replace: bool = False) -> ModelCard:
+        """See :func:`keel.models.governance.generate_card`."""
+        path = f"{self._card_path(ref)}/generate"
+        body = CardGenerate(replace=replace)
+        return ModelCard.model_validate(self._write("POST", path, body=body, idempotent=False))
+
+    def edit_card(self, ref: str | ModelVersion, markdown: str) -> ModelCard:
+        """See :func:`keel.models.governance.edit_card`."""
+        if not isinstance(markdown, str) or not markdown.strip():
+            raise InvalidInput("a model card is non-empty Markdown")
+        body = _body(CardEdit, markdown=markdown)
+        return ModelCard.model_validate(self._write("PUT", self._card_path(ref), body=body))
+
+    def _request_path(self, name: str, request_id: int) -> str:
+        if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 1:
+            raise InvalidInput(f"a request is a number from 1, not {request_id!r}")
+        return f"{self._model_path(name)}/requests/{request_id}"
+
+    def _card_path(self, ref: str | ModelVersion) -> str:
+        if isinstance(ref, ModelVersion):
+            name, selector = ref.name, str(ref.version)
+        else:
+            parsed = parse_version_ref(ref)
+            name, selector = parsed.name, str(parsed.selector)
+        return f"{self._model_path(name)}/versions/{_segment(selector)}/card"
+
     # -- diff and lineage -------------------------------------------------------------------
 
     def diff(self, left: str | ModelVersion, right: str | ModelVersion) -> ModelDiff:
@@ -249,6 +342,18 @@ class RemoteRegistry:
     def lineage(self, uri: str | ModelVersion) -> ModelLineage:
         """See :func:`keel.models.api.lineage`."""
         return ModelLineage.model_validate(self._get("/model-versions/lineage", uri=_ref(uri)))
+
+
+def _body(model: type[_Body], **fields: Any) -> _Body:
+    """A request body, checked here: what the server would refuse as malformed is the same
+    InvalidInput before anything is sent."""
+    try:
+        return model(**fields)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()
+        )
+        raise InvalidInput(f"invalid {model.__name__}: {problems}") from None
 
 
 def _ref(ref: str | ModelVersion) -> str:

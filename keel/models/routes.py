@@ -1,5 +1,6 @@
 """The model registry's REST API under ``/api/v1``: models, versions, aliases, tags,
-descriptions, history, diff and lineage.
+descriptions, history, diff and lineage; governance (policies, approval requests, model cards)
+is in :mod:`keel.models.routes_governance`, included here.
 
 Each route calls one :class:`keel.models.api.Registry` method and answers with its entity, so
 what a local registry returns and what the server sends are the same models
@@ -22,6 +23,7 @@ from keel.errors import InvalidInput
 from keel.models.compare import ModelDiff
 from keel.models.lineage import ModelLineage
 from keel.models.models import ModelVersion, RegisteredModel
+from keel.models.routes_governance import router as governance_router
 from keel.models.routing import ReaderDep, WriterDep, lifespan, note, tracking_of
 from keel.models.uris import RunsUri, parse_model_uri
 from keel.models.wire import (
@@ -250,3 +252,6 @@ def lineage(uri: RefQuery, registry: ReaderDep) -> ModelLineage:
     """The graph around a version (or a run's logged model, ``runs:/RUN_ID/PATH``): data
     versions -> run (commit, params, environment) -> version -> aliases, as nodes and edges."""
     return registry.lineage(uri)
+
+
+router.include_router(governance_router)

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keel.models.governance_models import AliasRequest
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel
 
 __all__ = [
@@ -20,10 +21,15 @@ __all__ = [
     "MAX_TAG_KEY",
     "AliasDeleted",
     "AliasSet",
+    "CardEdit",
+    "CardGenerate",
+    "Decision",
     "DescriptionSet",
     "EventList",
     "ModelList",
+    "PolicySet",
     "RegisterRequest",
+    "RequestList",
     "TagSet",
     "VersionList",
 ]
@@ -79,6 +85,54 @@ class DescriptionSet(BaseModel):
     model_config = _REQUEST
 
     description: Annotated[Text, Field(max_length=65_536)]
+
+
+class PolicySet(BaseModel):
+    """``PUT /models/{name}/policy``: set (replace) the model's policy (admin only)."""
+
+    model_config = _REQUEST
+
+    protect: Annotated[
+        list[Annotated[str, Field(max_length=64)]],
+        Field(min_length=1, max_length=100, description="aliases that move only when approved"),
+    ]
+    approvers: Annotated[
+        list[Annotated[str, Field(max_length=1024)]],
+        Field(min_length=1, max_length=100, description="admins (any admin) and/or user names"),
+    ]
+    requires: Annotated[
+        list[Annotated[Text, Field(max_length=1024)]],
+        Field(max_length=100, description="checks, e.g. metrics.rmse < 60"),
+    ] = Field(default_factory=list)
+    require_card: bool = False
+
+
+class Decision(BaseModel):
+    """``POST .../requests/{id}/approve`` or ``.../reject``: why (a rejection needs it)."""
+
+    model_config = _REQUEST
+
+    reason: Annotated[Text, Field(max_length=4096)] | None = None
+
+
+class CardEdit(BaseModel):
+    """``PUT .../versions/{version}/card``: the new card."""
+
+    model_config = _REQUEST
+
+    markdown: Annotated[Text, Field(max_length=1_048_576)]
+
+
+class CardGenerate(BaseModel):
+    """``POST .../versions/{version}/card/generate``."""
+
+    model_config = _REQUEST
+
+    replace: bool = Field(default=False, description="replace a card a person edited")
+
+
+class RequestList(BaseModel):
+    requests: list[AliasRequest]
 
 
 class ModelList(BaseModel):
