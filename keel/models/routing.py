@@ -8,12 +8,15 @@ request costs no engine or schema check.
 
 The rule on a server started with ``--auth``: the registry is not per experiment, so it is
 checked by token role alone. Any valid token reads every registered model, version, alias,
-history, diff and lineage; changing anything (registering, aliases, tags, descriptions) needs an
-editor or admin token, and the audit trail's actor is the token's user. Registering from a run
+history, diff, lineage, policy, requests and cards; changing anything (registering, aliases,
+tags, descriptions, cards, approving and rejecting requests) needs an editor or admin token, and
+the audit trail's actor is the token's user. The view also carries the token's role, which
+governance checks: setting a policy needs an admin, and a policy's ``admins`` approvers entry
+means any admin token (:mod:`keel.models.routes_governance`). Registering from a run
 also needs read access to that run's experiment (a run the caller cannot see is a 404), so a
 registered version publishes what its run's lineage shows to every reader of the registry.
 Without ``--auth`` the actor is what the caller claims in the ``Keel-User`` header (``unknown``
-when it sends none), as a run's user is.
+when it sends none), as a run's user is, with the local default role (admin).
 """
 
 from __future__ import annotations
