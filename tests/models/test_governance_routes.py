@@ -335,3 +335,16 @@ def test_remote_registry_governance_raises_the_local_errors(
             assert registry.clear_policy("churn").protect == ["production"]
             assert registry.get_policy("churn") is None
     assert api.get_model("churn", settings=settings).aliases == {"production": 2}
+
+
+def test_evaluation_and_gates_stay_local_and_say_so(home: Path) -> None:
+    from keel.models.evaluation import evaluate
+    from keel.models.release_gate import gate
+
+    remote = Settings().replace(tracking_uri="http://127.0.0.1:9")  # never reached
+    why = "evaluation and release gates are not served by the tracking server"
+    with pytest.raises(InvalidInput, match=why) as caught:
+        evaluate("churn/1", data="test@1", target="y", settings=remote)
+    assert "unset KEEL_TRACKING_URI" in str(caught.value)
+    with pytest.raises(InvalidInput, match=why):
+        gate("churn/2", against="churn@champion", metric="rmse", settings=remote)
