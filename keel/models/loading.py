@@ -8,7 +8,9 @@ renamed into place only after every file checked out, so a second load of the sa
 no model bytes again. For ``models:/`` URIs the registered version names the digest, so a cached
 model loads without asking the store anything, and an uncached one is materialised from the
 artifact store by that digest: exactly the files that were registered, even if the run's folder
-gained files since or the run was deleted (gc keeps registered versions' objects).
+gained files since or the run was deleted (gc keeps registered versions' objects). Through a
+keel server (``KEEL_TRACKING_URI``) the version is resolved by the server's registry and its
+run's folder downloaded, and its digest must still be the registered one.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from keel.artifacts import ArtifactStore
+from keel.errors import InvalidInput, StorageError
 from keel.models.api import get_version
 from keel.models.flavors import get_flavor
 from keel.models.flavors.base import Predict
-from keel.models.models import MANIFEST_FILE, ModelManifest, Signature
+from keel.models.models import MANIFEST_FILE, ModelManifest, ModelVersion, Signature
 from keel.models.packaging import (
     EXAMPLE_ARRAY_FILE,
     folder_digest,
@@ -143,7 +146,11 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     if isinstance(parsed, ModelsUri):
         version = get_version(parsed.name, parsed.selector, settings=client.settings)
         folder = root / version.digest
-        if not (folder / MANIFEST_FILE).is_file():
+        if (folder / MANIFEST_FILE).is_file():
+            pass
+        elif client.settings.tracking_uri:
+            folder = _from_server(client, version, root)
+        else:
             folder = _materialize(client.settings, version.digest, root)
     else:
         folder = _fetch(client, parsed, root)
@@ -160,6 +167,28 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
         raw=raw,
         predict=flavor.predictor(raw, folder),
     )
+
+
+def _from_server(client: TrackingClient, version: ModelVersion, root: Path) -> Path:
+    """A registered version through a keel server: its run's folder, downloaded and checked
+    file by file, whose digest must still be the registered one."""
+    source = parse_model_uri(version.source)
+    if not isinstance(source, RunsUri):
+        raise InvalidInput(
+            f"{version.uri} was registered from {version.source}, which a keel server cannot "
+            "serve as files; load it where its artifact store is",
+            source=version.source,
+        )
+    folder = _fetch(client, source, root)
+    if folder.name != version.digest:
+        raise StorageError(
+            f"the files at {version.source} changed since {version.uri} was registered: they "
+            f"hash to {folder.name}, the registered version to {version.digest}; register "
+            "the model again",
+            expected=version.digest,
+            actual=folder.name,
+        )
+    return folder
 
 
 def _materialize(settings: Settings, digest: str, root: Path) -> Path:

@@ -14,7 +14,7 @@ import keel.data
 import keel.models
 from keel.artifacts import ArtifactStore
 from keel.db import make_engine
-from keel.errors import InvalidInput, NotFound
+from keel.errors import InvalidInput, NotFound, StorageError
 from keel.models import api
 from keel.models.models import MANIFEST_FILE
 from keel.settings import Settings
@@ -182,12 +182,17 @@ def test_lineage_chains_data_run_version_and_aliases(settings: Settings) -> None
     assert from_run.root == f"run:{run_id}" and "model:diabetes/1" in {n.id for n in from_run.nodes}
 
 
-def test_the_registry_refuses_a_tracking_server(settings: Settings) -> None:
-    remote = settings.replace(tracking_uri="http://127.0.0.1:5000")
-    with pytest.raises(InvalidInput, match="registry routes come with the server work"):
+def test_with_a_tracking_server_the_registry_is_the_servers(settings: Settings) -> None:
+    """The module functions go to the server (test_remote.py drives a real one); a server that
+    is down is a StorageError naming it, never a write to the local database."""
+    remote = settings.replace(tracking_uri="http://127.0.0.1:9")  # nothing listens on port 9
+    with pytest.raises(
+        StorageError, match=r"cannot reach the keel server at http://127\.0\.0\.1:9"
+    ):
         api.list_models(settings=remote)
-    with pytest.raises(InvalidInput, match="KEEL_TRACKING_URI"):
+    with pytest.raises(StorageError, match="cannot reach the keel server"):
         keel.models.register("runs:/abc/model", "m", settings=remote)
+    assert api.list_models(settings=settings) == []  # nothing registered locally
 
 
 def test_gc_keeps_a_registered_models_objects_after_its_run_is_gone(

@@ -124,6 +124,8 @@ def test_remote_registry_round_trip(server: Server) -> None:
         assert [v.version for v in on_server.list_versions("remote-ridge")] == [2, 1]
         assert on_server.get_version("remote-ridge", 1).digest == first.digest
 
-    # loading a registered model is local for now: with a tracking server it says so
-    with pytest.raises(InvalidInput, match="KEEL_TRACKING_URI"):
-        keel.models.load("models:/remote-ridge/1")
+    # loading a registered model through the server: resolved there, downloaded and checked
+    loaded = keel.models.load("models:/remote-ridge@latest")
+    assert loaded.digest == second.digest
+    example = loaded.input_example()
+    assert list(loaded.predict(example)) == list(keel.models.load(second.uri).predict(example))
