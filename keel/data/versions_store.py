@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keel.data.profile_models import TableProfile
 from keel.data.version_models import DatasetVersion
-from keel.db import dialect_insert, schema, write_options
+from keel.db import EngineStore, schema
 from keel.errors import NotFound, StorageError
 
 __all__ = ["DatasetRun", "DatasetSummary", "Lineage", "RunInput", "VersionStore"]
@@ -77,19 +77,12 @@ class DatasetSummary(BaseModel):
     latest: DatasetVersion
 
 
-class VersionStore:
+class VersionStore(EngineStore):
     """Dataset versions and run inputs over an engine at the head schema.
 
     Args:
         engine: a Keel database engine (:func:`keel.db.make_engine`), schema ensured.
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._insert: Any = dialect_insert(engine)
-
-    def _write(self) -> Connection:
-        return self.engine.connect().execution_options(**write_options())
 
     # -- versions ---------------------------------------------------------------------------
 

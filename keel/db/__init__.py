@@ -1,10 +1,11 @@
 """The metadata database: engine set-up, the schema, and migrations applied safely at open."""
 
-from keel.db.engine import dialect_insert, is_sqlite, make_engine, write_options
+from keel.db.engine import EngineStore, dialect_insert, is_sqlite, make_engine, write_options
 from keel.db.migrate import HEAD_REVISION, ensure_schema
 
 __all__ = [
     "HEAD_REVISION",
+    "EngineStore",
     "dialect_insert",
     "ensure_schema",
     "is_sqlite",

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["is_sqlite", "make_engine", "write_options"]
+__all__ = ["EngineStore", "dialect_insert", "is_sqlite", "make_engine", "write_options"]
 
 #: Execution options that mark a connection as a writer (``BEGIN IMMEDIATE`` on SQLite).
 WRITE = {"keel_write": True}
@@ -36,6 +36,23 @@ def dialect_insert(engine: Engine) -> Any:
     from sqlalchemy.dialects import sqlite
 
     return sqlite.insert
+
+
+class EngineStore:
+    """What every store over the metadata database starts from: the engine, the dialect's
+    ``insert`` (``self._insert``) and writer connections (``self._write()``).
+
+    Args:
+        engine: a Keel database engine (:func:`make_engine`), schema ensured.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert: Any = dialect_insert(engine)
+
+    def _write(self) -> Connection:
+        """A connection that will write (``BEGIN IMMEDIATE`` on SQLite)."""
+        return self.engine.connect().execution_options(**write_options())
 
 
 def is_sqlite(engine: Engine) -> bool:

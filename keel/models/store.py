@@ -26,10 +26,10 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import dialect_insert, schema, write_options
+from keel.db import EngineStore, schema
 from keel.errors import AlreadyExists, NotFound, PermissionDenied
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel, Signature
 
@@ -52,19 +52,12 @@ class VersionReference(NamedTuple):
     version: int
 
 
-class ModelStore:
+class ModelStore(EngineStore):
     """Registered models, versions, tags, aliases and the audit trail over an engine.
 
     Args:
         engine: a Keel database engine (:func:`keel.db.make_engine`), schema ensured.
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._insert: Any = dialect_insert(engine)
-
-    def _write(self) -> Connection:
-        return self.engine.connect().execution_options(**write_options())
 
     # -- models -----------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, select
 
-from keel.db import schema, write_options
+from keel.db import EngineStore, schema
 from keel.errors import NotFound
 from keel.models.evaluation_models import Evaluation, GateVerdict, Task
 from keel.models.store import append_audit
@@ -34,18 +34,12 @@ _e = schema.model_evaluations
 _g = schema.gate_verdicts
 
 
-class EvaluationStore:
+class EvaluationStore(EngineStore):
     """Evaluations and gate verdicts of registered model versions over an engine.
 
     Args:
         engine: a Keel database engine (:func:`keel.db.make_engine`), schema ensured.
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _write(self) -> Connection:
-        return self.engine.connect().execution_options(**write_options())
 
     # -- evaluations ---------------------------------------------------------------------------
 

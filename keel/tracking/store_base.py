@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, select
 
-from keel.db import dialect_insert, schema, write_options
+from keel.db import EngineStore, schema
 from keel.errors import InvalidInput, NotFound
 
 __all__ = [
@@ -73,12 +73,11 @@ def check_key(key: object, *, what: str) -> str:
     return key
 
 
-class SqlStore:
+class SqlStore(EngineStore):
     """Connections, transactions and shared checks over one engine (safe across threads)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._insert: Any = dialect_insert(engine)
+        super().__init__(engine)
         self._run_key_cache: dict[str, int] = {}
 
     def _upsert(
@@ -98,9 +97,6 @@ class SqlStore:
         )
 
     # -- transactions ---------------------------------------------------------------------
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(**write_options())
-
     def _read(self) -> Connection:
         return self.engine.connect()
 
