@@ -385,37 +385,6 @@ class ModelStore(EngineStore):
                 self._require_model(conn, name)
         return [_event(row) for row in rows]
 
-    def record(
-        self,
-        name: str,
-        action: str,
-        *,
-        actor: str,
-        version: int | None = None,
-        alias: str | None = None,
-        reason: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> AuditEvent:
-        """Append an audit event for a change made elsewhere (governance: request, approve...).
-
-        Raises:
-            NotFound: no such model.
-        """
-        with self._write() as conn, conn.begin():
-            self._lock(conn, name)
-            event_id = append_audit(
-                conn,
-                name,
-                action,
-                actor=actor,
-                version=version,
-                alias=alias,
-                reason=reason,
-                detail=detail,
-            )
-            row = conn.execute(select(_audit).where(_audit.c.id == event_id)).one()
-        return _event(row)
-
     # -- helpers ----------------------------------------------------------------------------
 
     def _move_alias(

@@ -6,8 +6,8 @@ evaluations and verdicts go when the version goes. ``model_evaluations.metrics``
 object: metric name -> number, plus the reserved key ``_detail`` with what is not a number (the
 confusion matrix, how the task was chosen, metrics left out and why).
 
-The audit events for these records are written by :meth:`keel.models.store.ModelStore.record`
-(actions ``evaluate`` and ``gate``), which the callers invoke once the row is stored.
+Each record's audit event (action ``evaluate`` or ``gate``) is written in the same transaction
+as its row (:func:`keel.models.store.append_audit`).
 """
 
 from __future__ import annotations
