@@ -20,6 +20,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from keel.errors import InvalidInput
+from keel.models import tracing
 from keel.models.compare import ModelDiff
 from keel.models.lineage import ModelLineage
 from keel.models.models import ModelVersion, RegisteredModel
@@ -241,17 +242,23 @@ def search_versions(
 
 
 @router.get("/model-versions/diff")
-def diff(left: RefQuery, right: RefQuery, registry: ReaderDep) -> ModelDiff:
+def diff(left: RefQuery, right: RefQuery, request: Request, registry: ReaderDep) -> ModelDiff:
     """What differs between two versions (``churn/3``, ``churn@champion``, ``models:/...``):
-    params, metrics, signature, requirements and training data."""
-    return registry.diff(left, right)
+    params, metrics, signature, requirements and training data. A run the caller may not read
+    adds nothing: its side shows what the version's manifest recorded."""
+    return tracing.diff(registry, left, right, runs=tracking_of(request))
 
 
 @router.get("/model-versions/lineage")
-def lineage(uri: RefQuery, registry: ReaderDep) -> ModelLineage:
+def lineage(uri: RefQuery, request: Request, registry: ReaderDep) -> ModelLineage:
     """The graph around a version (or a run's logged model, ``runs:/RUN_ID/PATH``): data
-    versions -> run (commit, params, environment) -> version -> aliases, as nodes and edges."""
-    return registry.lineage(uri)
+    versions -> run (commit, params, environment) -> version -> aliases, as nodes and edges.
+
+    Runs are read as the caller: a ``runs:/`` URI of a run it may not read is a 404 (as
+    ``/api/v1/runs/{id}`` is), and a version's run it may not read is a bare node marked
+    ``missing``, without params, metrics, commit or tracked inputs, exactly like a purged run.
+    """
+    return tracing.lineage(registry, uri, runs=tracking_of(request))
 
 
 router.include_router(governance_router)

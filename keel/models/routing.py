@@ -13,8 +13,11 @@ tags, descriptions, cards, approving and rejecting requests) needs an editor or 
 the audit trail's actor is the token's user. The view also carries the token's role, which
 governance checks: setting a policy needs an admin, and a policy's ``admins`` approvers entry
 means any admin token (:mod:`keel.models.routes_governance`). Registering from a run
-also needs read access to that run's experiment (a run the caller cannot see is a 404), so a
-registered version publishes what its run's lineage shows to every reader of the registry.
+also needs read access to that run's experiment (a run the caller cannot see is a 404). A
+registered version's manifest (the params, metrics and inputs recorded when it was logged) is
+readable by every reader of the registry; its run is not: lineage and diff read runs through
+the caller's tracking view, so a run the caller cannot read is a bare ``missing`` node there
+(and a ``runs:/`` lineage of it a 404).
 Without ``--auth`` the actor is what the caller claims in the ``Keel-User`` header (``unknown``
 when it sends none), as a run's user is, with the local default role (admin).
 """

@@ -5,6 +5,12 @@ the facts through a :class:`Reader` (the :class:`~keel.models.api.Registry`): th
 ``keel-model.json`` from the store by its digest, the run through the tracking client, and the
 dataset versions the run read through :mod:`keel.data`. Anything gone (a purged run, a missing
 folder) shows as missing rather than failing the whole answer.
+
+Runs are read through ``runs`` when one is given (a server passes the request's tracking view,
+which answers 404 for a run the caller may not read): such a run shows exactly as a purged one,
+a bare node without its params, metrics, commit or the data it recorded reading, and a diff
+shows only what its versions' manifests recorded. A ``runs:/`` lineage of such a run is the
+run's :class:`~keel.errors.NotFound`, as it is on ``/api/v1/runs/{id}``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,21 @@ from keel.settings import Settings
 from keel.tracking.api import Client
 from keel.tracking.models import Run
 
-__all__ = ["Reader", "diff", "lineage", "manifest_or_none", "run_or_none", "training_data"]
+__all__ = [
+    "Reader",
+    "RunReader",
+    "diff",
+    "lineage",
+    "manifest_or_none",
+    "run_or_none",
+    "training_data",
+]
+
+
+class RunReader(Protocol):
+    """Where runs are read: a tracking client, or a server request's checked view of it."""
+
+    def get_run(self, run_id: str) -> Run: ...
 
 
 class Reader(Protocol):
@@ -53,14 +73,22 @@ class Reader(Protocol):
     def manifest(self, version: ModelVersion) -> ModelManifest: ...
 
 
-def diff(reader: Reader, left: str | ModelVersion, right: str | ModelVersion) -> ModelDiff:
-    """What differs between two versions; see :func:`keel.models.api.diff`."""
+def diff(
+    reader: Reader,
+    left: str | ModelVersion,
+    right: str | ModelVersion,
+    *,
+    runs: RunReader | None = None,
+) -> ModelDiff:
+    """What differs between two versions; see :func:`keel.models.api.diff`. The runs' own
+    params, metrics and inputs are read through ``runs`` (default: the reader's client)."""
     versions = [reader.resolve(left), reader.resolve(right)]
-    inputs = _inputs_by_run(reader, {v.run_id for v in versions if v.run_id})
+    found = _readable_runs(reader, {v.run_id for v in versions if v.run_id}, runs)
+    inputs = _inputs_by_run(reader, set(found))
     sides = []
     for version in versions:
         manifest = manifest_or_none(reader, version)
-        run = run_or_none(reader, version.run_id)
+        run = found.get(version.run_id or "")
         params = dict(manifest.params) if manifest else {}
         metrics = dict(manifest.metrics) if manifest else {}
         if run is not None:
@@ -74,15 +102,22 @@ def diff(reader: Reader, left: str | ModelVersion, right: str | ModelVersion) ->
     return diff_versions(sides[0], sides[1])
 
 
-def lineage(reader: Reader, uri: str | ModelVersion) -> ModelLineage:
-    """A version's (or a run's models') lineage graph; see :func:`keel.models.api.lineage`."""
-    versions, root_run = _lineage_roots(reader, uri)
+def lineage(
+    reader: Reader, uri: str | ModelVersion, *, runs: RunReader | None = None
+) -> ModelLineage:
+    """A version's (or a run's models') lineage graph; see :func:`keel.models.api.lineage`.
+
+    Runs are read through ``runs`` (default: the reader's client); one it cannot read is a
+    bare node, and for a ``runs:/`` URI its :class:`~keel.errors.NotFound`.
+    """
+    versions, root_run = _lineage_roots(reader, uri, runs)
     run_ids = {v.run_id for v in versions if v.run_id} | ({root_run} if root_run else set())
-    inputs = _inputs_by_run(reader, run_ids)
+    found = _readable_runs(reader, run_ids, runs)
+    inputs = _inputs_by_run(reader, set(found))
     nodes: dict[str, LineageNode] = {}
     edges: list[LineageEdge] = []
     for run_id in sorted(run_ids):
-        run = _run_node(reader, run_id)
+        run = _run_node(run_id, found.get(run_id))
         nodes[run.id] = run
         manifests = [manifest_or_none(reader, v) for v in versions if v.run_id == run_id]
         for ref, context in training_data(run_id, manifests, inputs):
@@ -131,7 +166,7 @@ def training_data(
 
 
 def _lineage_roots(
-    reader: Reader, uri: str | ModelVersion
+    reader: Reader, uri: str | ModelVersion, runs: RunReader | None
 ) -> tuple[list[ModelVersion], str | None]:
     """The versions a lineage shows, and the run it starts from for a ``runs:/`` URI."""
     if isinstance(uri, ModelVersion):
@@ -139,7 +174,7 @@ def _lineage_roots(
     parsed = _parse_any(uri)
     if isinstance(parsed, ModelsUri):
         return [reader.get_version(parsed.name, parsed.selector)], None
-    reader.client.get_run(parsed.run_id)  # NotFound names the run
+    (runs or reader.client).get_run(parsed.run_id)  # NotFound names the run
     registered = reader.search_versions(run_id=parsed.run_id)
     return [v for v in registered if v.source == str(parsed)], parsed.run_id
 
@@ -152,18 +187,24 @@ def manifest_or_none(reader: Reader, version: ModelVersion) -> ModelManifest | N
         return None
 
 
-def run_or_none(reader: Reader, run_id: str | None) -> Run | None:
-    """The run, or None when there is none or it is gone."""
+def run_or_none(reader: Reader, run_id: str | None, *, runs: RunReader | None = None) -> Run | None:
+    """The run, or None when there is none, it is gone or ``runs`` may not read it."""
     if run_id is None:
         return None
     try:
-        return reader.client.get_run(run_id)
+        return (runs or reader.client).get_run(run_id)
     except NotFound:
         return None
 
 
-def _run_node(reader: Reader, run_id: str) -> LineageNode:
-    run = run_or_none(reader, run_id)
+def _readable_runs(reader: Reader, run_ids: set[str], runs: RunReader | None) -> dict[str, Run]:
+    """``{run_id: run}`` of the runs among ``run_ids`` that exist and ``runs`` may read."""
+    found = {run_id: run_or_none(reader, run_id, runs=runs) for run_id in run_ids}
+    return {run_id: run for run_id, run in found.items() if run is not None}
+
+
+def _run_node(run_id: str, run: Run | None) -> LineageNode:
+    """A run's node: its details, or a bare ``missing`` one (gone, or not the caller's to read)."""
     if run is None:
         return run_node(run_id, label=run_id, missing=True)
     environment = {

@@ -311,3 +311,45 @@ def test_with_auth_readers_read_editors_write_and_the_audit_names_the_token_user
     registered = next(e for e in entries if e["action"] == "register" and e["status"] == 201)
     assert registered["user"] == "alice"
     assert "model/churn" in registered["targets"] and f"run/{run_id}" in registered["targets"]
+
+
+def test_with_auth_lineage_and_diff_show_a_run_only_to_who_may_read_it(
+    auth_http: tuple[TestClient, AuthStore],
+) -> None:
+    http, store = auth_http
+    tokens = make_tokens(store)
+    alice, viewer = bearer(tokens.alice), bearer(tokens.bob_viewer)
+    first, second = _train(0.5), _train(2.0)  # one experiment, shared with alice only
+    run_id = first.split("/")[1]
+    local = keel.Client(Settings())
+    try:
+        experiment_id = local.get_run(run_id).experiment_id
+        local.log_param(run_id, "late", "after-logging")  # in the run, not in the manifest
+    finally:
+        local.close()
+    store.grant(experiment_id, "alice", Permission.READ, granted_by="admin")
+    for uri in (first, second):
+        registered = http.post(f"{API}/models/churn/versions", json={"uri": uri}, headers=alice)
+        assert registered.status_code == 201, registered.text
+
+    # bob's viewer token cannot read the run: the run's routes and a runs:/ lineage are 404
+    error(http.get(f"{API}/runs/{run_id}", headers=viewer), 404, "not_found")
+    lineage = f"{API}/model-versions/lineage"
+    error(http.get(lineage, params={"uri": first}, headers=viewer), 404, "not_found")
+    # the version's lineage shows the run as a bare node, like a purged one
+    graph = http.get(lineage, params={"uri": "churn/1"}, headers=viewer).json()
+    run_node = next(n for n in graph["nodes"] if n["id"] == f"run:{run_id}")
+    assert run_node["attributes"] == {"missing": True}
+    assert "after-logging" not in str(graph) and "rmse" not in str(graph)
+    diff = f"{API}/model-versions/diff"
+    seen = http.get(diff, params={"left": "churn/1", "right": "churn/2"}, headers=viewer).json()
+    assert "late" not in [p["key"] for p in seen["params"]]  # only the manifests' params
+
+    # alice may read the run: she sees all of it
+    shown = http.get(lineage, params={"uri": first}, headers=alice).json()
+    assert shown["root"] == f"run:{run_id}"
+    attributes = next(n for n in shown["nodes"] if n["id"] == f"run:{run_id}")["attributes"]
+    assert attributes["params"] == {"alpha": "0.5", "late": "after-logging"}
+    assert "rmse" in attributes["metrics"]
+    full = http.get(diff, params={"left": "churn/1", "right": "churn/2"}, headers=alice).json()
+    assert "late" in [p["key"] for p in full["params"]]
