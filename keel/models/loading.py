@@ -4,8 +4,10 @@ input against the model's signature.
 The model's files are downloaded through the tracking client, which hashes every file as it
 reads it (a corrupt object is a :class:`~keel.errors.StorageError` naming it), into
 ``<home>/models/<digest>/``, where ``<digest>`` is the folder's digest: a complete folder is
-renamed into place only after every file checked out, so a second load of the same model reads
-no model bytes again. For ``models:/`` URIs the registered version names the digest, so a cached
+renamed into place only after every file checked out and the files written hash to that digest
+(an artifact overwritten while it downloaded is a :class:`~keel.errors.StorageError`, never a
+cached folder under the wrong name), so a second load of the same model reads no model bytes
+again. For ``models:/`` URIs the registered version names the digest, so a cached
 model loads without asking the store anything, and an uncached one is materialised from the
 artifact store by that digest: exactly the files that were registered, even if the run's folder
 gained files since or the run was deleted (gc keeps registered versions' objects). Through a
@@ -32,6 +34,7 @@ from keel.models.packaging import (
     EXAMPLE_ARRAY_FILE,
     folder_digest,
     folder_entries,
+    local_folder_digest,
     read_manifest_of,
 )
 from keel.models.signature import as_frame, check
@@ -213,12 +216,27 @@ def _fetch(client: TrackingClient, source: RunsUri, root: Path) -> Path:
 
 def _into_cache(root: Path, digest: str, download: Callable[[Path], Path]) -> Path:
     """``root/<digest>``, filled by ``download(staging)`` (which returns the folder it wrote)
-    and renamed into place whole, so a half-written folder is never taken for a cached one."""
+    and renamed into place whole once its files hash to ``digest``, so neither a half-written
+    folder nor other files are ever taken for a cached one.
+
+    Raises:
+        StorageError: the files written hash to another digest (they changed after they were
+            listed); nothing is kept.
+    """
     folder = root / digest
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-{uuid.uuid4().hex[:6]}-", dir=root))
     try:
         downloaded = download(staging)
+        written = local_folder_digest(downloaded)
+        if written != digest:
+            raise StorageError(
+                f"the model's files changed while they were downloaded: they were listed as "
+                f"folder {digest} but the files written hash to {written}; nothing was cached, "
+                "load it again",
+                expected=digest,
+                actual=written,
+            )
         try:
             downloaded.rename(folder)
         except OSError:

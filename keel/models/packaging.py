@@ -3,8 +3,9 @@
 The model's folder is written to a temp directory (the flavor's files, the input example as
 Parquet, ``keel-model.json``) and logged with ``client.log_artifacts``, so it works the same on
 the local store and against ``keel server``. The folder's digest is the BLAKE3 hash of the
-canonical artifact manifest of its files (:func:`folder_digest`): the same bytes always give the
-same digest, wherever they are stored, and loading checks the files against it.
+canonical artifact manifest of its files (:func:`folder_digest` from a run's listing,
+:func:`local_folder_digest` from files on disk): the same bytes always give the same digest,
+wherever they are stored, and loading checks the files it wrote against it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import blake3
 
+from keel.artifacts import hash_file, walk_files
 from keel.artifacts.models import manifest_bytes
 from keel.errors import AlreadyExists, InvalidInput, NotFound
 from keel.models.flavors import detect_flavor, get_flavor
@@ -37,6 +39,7 @@ __all__ = [
     "MODELS_TAG",
     "LoggedModel",
     "folder_digest",
+    "local_folder_digest",
     "log_model",
     "read_manifest",
 ]
@@ -222,11 +225,31 @@ def folder_digest(entries: Sequence[ArtifactEntry], path: str) -> str:
     """The digest of folder ``path``: BLAKE3 of the canonical artifact manifest of its files
     (what ``ArtifactStore.put_dir`` returns for the same files)."""
     prefix = path + "/"
-    files = {
-        entry.path[len(prefix) :]: (entry.digest, entry.size)
-        for entry in entries
-        if entry.path.startswith(prefix)
-    }
+    return _digest_of(
+        {
+            entry.path[len(prefix) :]: (entry.digest, entry.size)
+            for entry in entries
+            if entry.path.startswith(prefix)
+        }
+    )
+
+
+def local_folder_digest(folder: Path) -> str:
+    """The digest of the files under ``folder`` on disk, each hashed as the store would: what
+    :func:`folder_digest` gives for the same files in a run (and ``ArtifactStore.put_dir``).
+
+    Raises:
+        StorageError: a file cannot be read.
+    """
+    files = {}
+    for rel, (path, _) in walk_files(folder).items():
+        blob = hash_file(path)
+        files[rel] = (blob.digest, blob.size)
+    return _digest_of(files)
+
+
+def _digest_of(files: Mapping[str, tuple[str, int]]) -> str:
+    """BLAKE3 of the canonical artifact manifest of ``{relative path: (digest, size)}``."""
     return blake3.blake3(manifest_bytes(files)).hexdigest()
 
 

@@ -20,6 +20,7 @@ from keel.models import api
 from keel.models.packaging import MODELS_TAG, LoggedModel, read_manifest
 from keel.settings import Settings
 from keel.tracking.fluent import get_client, set_client
+from keel.tracking.models import ArtifactEntry
 from tests.models.training import diabetes
 
 
@@ -236,3 +237,33 @@ def test_log_and_load_through_a_keel_server(
     finally:
         set_client(None)
         server.stop()
+
+
+def test_a_file_overwritten_while_loading_is_refused_not_cached_under_the_old_digest(
+    home: Path, forest: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = _log(forest)
+    client = get_client()
+    real_list = client.list_artifacts
+    (tmp_path / "keel-model.json").write_text(
+        (keel.models.load(logged.uri, dst=tmp_path / "first").path / "keel-model.json")
+        .read_text()
+        .replace('"rmse"', '"RMSE"')
+    )
+
+    def list_then_overwrite(run_id: str, path: str = "") -> list[ArtifactEntry]:
+        listed = real_list(run_id, path)
+        # another process overwrites the manifest between load's listing and its download
+        monkeypatch.setattr(client, "list_artifacts", real_list)
+        client.log_artifact(logged.run_id, tmp_path / "keel-model.json", artifact_path="model")
+        return listed
+
+    monkeypatch.setattr(client, "list_artifacts", list_then_overwrite)
+    cache = tmp_path / "cache"
+    with pytest.raises(StorageError) as caught:
+        keel.models.load(logged.uri, dst=cache)
+    overwritten = keel.models.load(logged.uri, dst=tmp_path / "again").digest
+    assert overwritten != logged.digest
+    assert logged.digest in str(caught.value) and overwritten in str(caught.value)
+    assert not (cache / logged.digest).exists()  # nothing cached under the listed digest
+    assert [p.name for p in cache.iterdir()] == []  # and no staging folder left behind
