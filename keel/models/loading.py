@@ -35,6 +35,7 @@ from keel.models.packaging import (
     folder_digest,
     folder_entries,
     local_folder_digest,
+    parse_manifest,
     read_manifest_of,
 )
 from keel.models.signature import as_frame, check
@@ -133,7 +134,8 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
         A :class:`Predictor`.
 
     Raises:
-        InvalidInput: a malformed URI, or the folder is not a Keel model.
+        InvalidInput: a malformed URI, or the folder is not a Keel model (it has no
+            ``keel-model.json``, or one that is not a valid manifest).
         NotFound: no such run, folder, registered model, version or alias.
         StorageError: a stored file does not match its hash (the message names it).
         MissingExtra: the model's framework is not installed.
@@ -157,9 +159,7 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
             folder = _materialize(client.settings, version.digest, root)
     else:
         folder = _fetch(client, parsed, root)
-    manifest = ModelManifest.model_validate_json(
-        (folder / MANIFEST_FILE).read_text(encoding="utf-8")
-    )
+    manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=uri)
     flavor = get_flavor(manifest.flavor)
     raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
     return Predictor(

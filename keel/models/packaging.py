@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+from pydantic import ValidationError
 
 from keel.artifacts import hash_file, walk_files
 from keel.artifacts.models import manifest_bytes
@@ -41,6 +42,7 @@ __all__ = [
     "folder_digest",
     "local_folder_digest",
     "log_model",
+    "parse_manifest",
     "read_manifest",
 ]
 
@@ -186,7 +188,8 @@ def read_manifest(
 
     Raises:
         NotFound: the run has nothing at ``artifact_path``.
-        InvalidInput: the folder holds no ``keel-model.json`` (it is not a Keel model).
+        InvalidInput: the folder holds no ``keel-model.json`` (it is not a Keel model), or
+            one that is not a valid manifest (:func:`parse_manifest`).
         StorageError: the manifest's stored bytes are corrupt.
 
     Example:
@@ -212,7 +215,37 @@ def read_manifest_of(
             run_id=run_id,
             path=path,
         )
-    return ModelManifest.model_validate_json(client.read_artifact(run_id, manifest_path))
+    return parse_manifest(
+        client.read_artifact(run_id, manifest_path), source=f"runs:/{run_id}/{path}"
+    )
+
+
+def parse_manifest(data: str | bytes, *, source: str) -> ModelManifest:
+    """A ``keel-model.json``'s text as a :class:`ModelManifest`; ``source`` names the model's
+    folder in the error.
+
+    Raises:
+        InvalidInput: it is not JSON or not a manifest; the message names each field that is
+            wrong and why (``flavor: Input should be a valid string``).
+
+    Example:
+        >>> parse_manifest(path.read_bytes(), source=str(path.parent))  # doctest: +SKIP
+    """
+    try:
+        return ModelManifest.model_validate_json(data)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(part) for part in item['loc']) or 'the file'}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        ]
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise InvalidInput(
+            f"{source}/{MANIFEST_FILE} is not a valid Keel model manifest: {shown}",
+            source=source,
+            problems=problems,
+        ) from None
 
 
 def folder_entries(entries: Sequence[ArtifactEntry], path: str) -> list[ArtifactEntry]:

@@ -267,3 +267,17 @@ def test_a_file_overwritten_while_loading_is_refused_not_cached_under_the_old_di
     assert logged.digest in str(caught.value) and overwritten in str(caught.value)
     assert not (cache / logged.digest).exists()  # nothing cached under the listed digest
     assert [p.name for p in cache.iterdir()] == []  # and no staging folder left behind
+
+
+def test_a_malformed_manifest_is_invalid_input_naming_the_field(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "keel-model.json").write_text('{"flavor": "sklearn", "files": "model.joblib"}')
+    with keel.start_run() as run:
+        keel.log_artifact(tmp_path / "keel-model.json", "model")
+    uri = f"runs:/{run.run_id}/model"
+    with pytest.raises(InvalidInput, match="is not a valid Keel model manifest: model_class: "):
+        keel.models.load(uri, dst=tmp_path / "cache")
+    (tmp_path / "keel-model.json").write_text("not json")
+    with keel.start_run() as run:
+        keel.log_artifact(tmp_path / "keel-model.json", "model")
+    with pytest.raises(InvalidInput, match=r"not a valid Keel model manifest: the file: Invalid"):
+        api.register(f"runs:/{run.run_id}/model", "broken")

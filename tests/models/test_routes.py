@@ -5,6 +5,7 @@ lineage; 400 for bad input and 404 for what does not exist; with ``--auth``, who
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -353,3 +354,16 @@ def test_with_auth_lineage_and_diff_show_a_run_only_to_who_may_read_it(
     assert "rmse" in attributes["metrics"]
     full = http.get(diff, params={"left": "churn/1", "right": "churn/2"}, headers=alice).json()
     assert "late" in [p["key"] for p in full["params"]]
+
+
+def test_registering_a_folder_with_a_malformed_manifest_is_400(
+    http: TestClient, tmp_path: Path
+) -> None:
+    (tmp_path / "keel-model.json").write_text('{"flavor": 3}')
+    with keel.start_run() as run:
+        keel.log_artifact(tmp_path / "keel-model.json", "model")
+    answer = http.post(f"{API}/models/m/versions", json={"uri": f"runs:/{run.run_id}/model"})
+    message = error(answer, 400, "invalid_input")
+    assert "is not a valid Keel model manifest: flavor: Input should be a valid string" in message
+    assert "model_class: Field required" in message
+    error(http.get(f"{API}/models/m"), 404, "not_found")  # nothing was registered
