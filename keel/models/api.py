@@ -42,7 +42,7 @@ from keel.models.models import (
 from keel.models.packaging import read_manifest
 from keel.models.remote import RemoteRegistry
 from keel.models.store import VersionReference
-from keel.models.store_governance import GovernanceStore
+from keel.models.store_governance import Deciding, GovernanceStore
 from keel.models.uris import (
     LATEST,
     RunsUri,
@@ -356,33 +356,56 @@ class Registry:
         return self.store.list_requests(check_model_name(name), pending_only=pending_only)
 
     def approve(self, name: str, request_id: int, *, reason: str | None = None) -> AliasRequest:
-        """See :func:`keel.models.governance.approve`."""
+        """See :func:`keel.models.governance.approve`.
+
+        Who may approve and the checks are decided inside the approving transaction, under the
+        model's lock, on the policy, card, tags and evaluations read there; only the version's
+        manifest (immutable: its digest is registered) is read before.
+        """
         request = self.store.get_request(check_model_name(name), request_id)
-        policy = self._deciding(request, "approving")
-        checks = self.checks(policy, self.store.get_version(name, request.version))
-        failed = [check for check in checks if not check.passed]
-        if failed:
-            raise Conflict(
-                f"request #{request_id} is not approved: {name}/{request.version} fails "
-                + "; ".join(str(check) for check in failed)
-                + ". It stays pending",
-                name=name,
-                request=request_id,
-                failed=[check.check for check in failed],
+        manifest = tracing.manifest_or_none(self, self.store.get_version(name, request.version))
+
+        def decide(now: Deciding) -> list[CheckResult]:
+            policy = self._deciding(now.request, now.policy, "approving")
+            checks = approvals.run_checks(
+                policy, now.version, manifest=manifest, card=now.card, evaluations=now.evaluations
             )
-        return self.store.approve(name, request_id, actor=self.actor, reason=reason, checks=checks)
+            failed = [check for check in checks if not check.passed]
+            if failed:
+                raise Conflict(
+                    f"request #{request_id} is not approved: {name}/{now.version.version} fails "
+                    + "; ".join(str(check) for check in failed)
+                    + ". It stays pending",
+                    name=name,
+                    request=request_id,
+                    failed=[check.check for check in failed],
+                )
+            return checks
+
+        return self.store.approve(name, request_id, actor=self.actor, reason=reason, decide=decide)
 
     def reject(self, name: str, request_id: int, *, reason: str) -> AliasRequest:
         """See :func:`keel.models.governance.reject`."""
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidInput("a rejection needs a reason (--reason)")
-        request = self.store.get_request(check_model_name(name), request_id)
-        self._deciding(request, "rejecting")
-        return self.store.reject(name, request_id, actor=self.actor, reason=reason)
+
+        def decide(now: Deciding) -> Policy:
+            return self._deciding(now.request, now.policy, "rejecting")
+
+        return self.store.reject(
+            check_model_name(name), request_id, actor=self.actor, reason=reason, decide=decide
+        )
 
     def checks(self, policy: Policy, version: ModelVersion) -> list[CheckResult]:
-        """``version`` against ``policy``'s checks; see :func:`keel.models.approvals.run_checks`."""
-        return approvals.run_checks(self, policy, version)
+        """``version`` against ``policy``'s checks now, on its manifest, card and evaluations;
+        see :func:`keel.models.approvals.run_checks`."""
+        return approvals.run_checks(
+            policy,
+            version,
+            manifest=tracing.manifest_or_none(self, version),
+            card=self.store.get_card(version.name, version.version),
+            evaluations=self.store.evaluations(version.name, version.version),
+        )
 
     def card(self, ref: str | ModelVersion) -> ModelCard:
         """See :func:`keel.models.governance.get_card`."""
@@ -438,10 +461,15 @@ class Registry:
     def _require_admin(self, doing: str) -> None:
         approvals.require_admin(self.actor, self.role, doing)
 
-    def _deciding(self, request: AliasRequest, doing: Literal["approving", "rejecting"]) -> Policy:
+    def _deciding(
+        self,
+        request: AliasRequest,
+        policy: Policy | None,
+        doing: Literal["approving", "rejecting"],
+    ) -> Policy:
         return approvals.deciding_policy(
             request,
-            self.store.get_policy(request.name),
+            policy,
             actor=self.actor,
             role=self.role,
             doing=doing,

@@ -2,51 +2,79 @@
 
 The rules behind :meth:`keel.models.api.Registry.approve` and ``reject``: an approval needs a
 user other than the requester who is one of the policy's approvers (a user name, or any admin
-for ``admins``), and the version must pass every check: each required expression and, with
-``require_card``, a model card. Changing a policy needs the admin role.
+for ``admins``), and the version must pass every check: each required expression, on the
+model's manifest, its evaluations and its tags (never the run's current values), and, with
+``require_card``, a model card. The registry decides both under the model's lock, on what the
+store reads in the approving transaction. Changing a policy needs the admin role.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from keel.auth.models import Role
 from keel.errors import Conflict, PermissionDenied
-from keel.models import tracing
 from keel.models.checks import evaluate, parse_requirement
 from keel.models.governance_models import ADMINS, AliasRequest, CheckResult, ModelCard, Policy
-from keel.models.models import ModelVersion
+from keel.models.models import ModelManifest, ModelVersion
+from keel.models.store_evaluation import DETAIL_KEY
 
-__all__ = ["Checker", "deciding_policy", "require_admin", "run_checks"]
-
-
-class _Cards(Protocol):
-    def get_card(self, name: str, version: int) -> ModelCard | None: ...
+__all__ = ["deciding_policy", "require_admin", "run_checks"]
 
 
-class Checker(tracing.Reader, Protocol):
-    """A :class:`~keel.models.tracing.Reader` whose store also has the versions' cards."""
+def run_checks(
+    policy: Policy,
+    version: ModelVersion,
+    *,
+    manifest: ModelManifest | None,
+    card: ModelCard | None,
+    evaluations: Sequence[Mapping[str, Any]],
+) -> list[CheckResult]:
+    """``version`` against ``policy``: each required expression and ``card`` when the policy
+    requires one.
 
-    @property
-    def store(self) -> _Cards: ...
-
-
-def run_checks(checker: Checker, policy: Policy, version: ModelVersion) -> list[CheckResult]:
-    """``version`` against ``policy``: each required expression, on the manifest's metrics and
-    params (then its run's, for keys the manifest lacks) and the version's tags; and ``card``
-    when the policy requires one."""
+    A metric is the manifest's (what the run had when the model was logged), else the newest of
+    the version's evaluations that has it; a param is the manifest's; a tag is the version's.
+    The run's metrics and params are not read: whoever may write to the run could change them
+    after the request. ``manifest`` is None when the version's folder cannot be read.
+    """
     results = []
     if policy.requires:
-        manifest = tracing.manifest_or_none(checker, version)
-        run = tracing.run_or_none(checker, version.run_id)
-        metrics = {**(run.metrics if run else {}), **(manifest.metrics if manifest else {})}
-        params = {**(run.params if run else {}), **(manifest.params if manifest else {})}
+        metrics: dict[str, float] = {}
+        where_metric: dict[str, str] = {}
+        for record in reversed(evaluations):  # newest first; the manifest's win below
+            for key, value in record["metrics"].items():
+                if key != DETAIL_KEY and key not in metrics and isinstance(value, int | float):
+                    metrics[key] = float(value)
+                    where_metric[key] = f" (evaluation on {record['dataset']})"
+        if manifest is not None:
+            metrics.update(manifest.metrics)
+            for key in manifest.metrics:
+                where_metric.pop(key, None)
+        params = manifest.params if manifest is not None else {}
+        of = f"{version.name}/{version.version}"
+        folder = f"the manifest of {of}" if manifest is not None else f"{of}'s unreadable manifest"
+        looked = {
+            "metrics": f" in {folder} nor in its {_count(len(evaluations), 'evaluation')}",
+            "params": f" in {folder}",
+            "tags": f" in the tags of {of}",
+        }
         for text in policy.requires:
-            results.append(
-                evaluate(parse_requirement(text), metrics=metrics, params=params, tags=version.tags)
+            requirement = parse_requirement(text)
+            result = evaluate(
+                requirement,
+                metrics=metrics,
+                params=params,
+                tags=version.tags,
+                looked=looked[requirement.kind],
             )
+            if requirement.kind == "metrics" and requirement.key in where_metric:
+                result = result.model_copy(
+                    update={"found": result.found + where_metric[requirement.key]}
+                )
+            results.append(result)
     if policy.require_card:
-        card = checker.store.get_card(version.name, version.version)
         found = (
             f"{'generated' if card.generated else 'edited'} by {card.updated_by}"
             if card is not None
@@ -54,6 +82,10 @@ def run_checks(checker: Checker, policy: Policy, version: ModelVersion) -> list[
         )
         results.append(CheckResult(check="card", passed=card is not None, found=found))
     return results
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def require_admin(actor: str, role: Role, doing: str) -> None:

@@ -96,10 +96,12 @@ def evaluate(
     metrics: Mapping[str, float],
     params: Mapping[str, str],
     tags: Mapping[str, str],
+    looked: str = "",
 ) -> CheckResult:
     """Whether a version's metrics, params or tags pass ``requirement``.
 
-    A missing key, a NaN metric or a param that is not a number where one is compared fails.
+    A missing key, a NaN metric or a param that is not a number where one is compared fails;
+    ``looked`` ends the message of a missing key (`` in the manifest of churn/3``).
     """
     source: Mapping[str, Any] = {"metrics": metrics, "params": params, "tags": tags}[
         requirement.kind
@@ -107,7 +109,7 @@ def evaluate(
     name = f"{requirement.kind}.{requirement.key}"
     check = str(requirement)
     if requirement.key not in source:
-        return CheckResult(check=check, passed=False, found=f"{name} is not recorded")
+        return CheckResult(check=check, passed=False, found=f"{name} is not recorded{looked}")
     value = source[requirement.key]
     shown = f"{value:.6g}" if isinstance(value, float) else _quote(str(value))
     found = f"{name} = {shown}"

@@ -9,29 +9,41 @@ transaction: the request's state changes only while it is still pending (so of t
 at once exactly one succeeds, the other gets :class:`~keel.errors.Conflict`), the alias moves,
 and both the ``approve`` and the ``set_alias`` audit rows are written, or none of it happens.
 Who may approve and whether the checks pass are decided by the caller
-(:class:`keel.models.api.Registry`), which passes the check results in.
+(:class:`keel.models.api.Registry`) in a ``decide`` callback that the store runs inside that
+transaction, on the policy, request, version, card and evaluations it reads under the lock.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select, update
 
 from keel.db import schema
 from keel.errors import Conflict, NotFound
 from keel.models.governance_models import AliasRequest, CheckResult, ModelCard, Policy
+from keel.models.models import ModelVersion
 from keel.models.store import ModelStore, _now_ms, _time, append_audit
 
-__all__ = ["GovernanceStore"]
+__all__ = ["Deciding", "GovernanceStore"]
 
 _m = schema.registered_models
 _p = schema.model_policies
 _r = schema.alias_requests
 _c = schema.model_cards
 _e = schema.model_evaluations
+
+
+class Deciding(NamedTuple):
+    """What a request is decided on, read in the deciding transaction under the model's lock."""
+
+    request: AliasRequest
+    policy: Policy | None
+    version: ModelVersion
+    card: ModelCard | None
+    evaluations: list[dict[str, Any]]
 
 
 class GovernanceStore(ModelStore):
@@ -196,16 +208,23 @@ class GovernanceStore(ModelStore):
         *,
         actor: str,
         reason: str | None,
-        checks: Sequence[CheckResult],
+        decide: Callable[[Deciding], Sequence[CheckResult]],
     ) -> AliasRequest:
         """Approve a pending request and move its alias: one transaction, two audit rows.
+
+        ``decide`` runs inside the transaction, under the model's lock, on the request, policy,
+        version, card and evaluations read there; it returns the check results to record, or
+        raises to refuse (nothing is written then). So an approver removed from the policy, or
+        a check that stopped passing, before the lock is taken cannot approve.
 
         Raises:
             NotFound: no such model or request.
             Conflict: the request is no longer pending (someone decided it first).
+            KeelError: what ``decide`` raises.
         """
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
+            checks = list(decide(self._deciding(conn, name, model_id, request_id)))
             row = self._decide(conn, name, model_id, request_id, "approved", actor, reason, checks)
             append_audit(
                 conn,
@@ -233,15 +252,26 @@ class GovernanceStore(ModelStore):
             )
             return self._request(conn, name, model_id, request_id)
 
-    def reject(self, name: str, request_id: int, *, actor: str, reason: str) -> AliasRequest:
-        """Reject a pending request (audited ``reject`` with the reason).
+    def reject(
+        self,
+        name: str,
+        request_id: int,
+        *,
+        actor: str,
+        reason: str,
+        decide: Callable[[Deciding], object],
+    ) -> AliasRequest:
+        """Reject a pending request (audited ``reject`` with the reason); ``decide`` runs
+        under the model's lock as for :meth:`approve`, and raises to refuse.
 
         Raises:
             NotFound: no such model or request.
             Conflict: the request is no longer pending.
+            KeelError: what ``decide`` raises.
         """
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
+            decide(self._deciding(conn, name, model_id, request_id))
             row = self._decide(conn, name, model_id, request_id, "rejected", actor, reason, None)
             append_audit(
                 conn,
@@ -311,12 +341,29 @@ class GovernanceStore(ModelStore):
         """Version ``version``'s evaluation records (``model_evaluations``), oldest first, as
         plain dicts: dataset, target, task, rows, metrics, created_at, created_by."""
         with self.engine.connect() as conn:
-            model_id = self._require_model(conn, name)
-            rows = conn.execute(
-                select(_e)
-                .where(_e.c.model_id == model_id, _e.c.version == version)
-                .order_by(_e.c.evaluation_id)
-            ).all()
+            return self._evaluations(conn, self._require_model(conn, name), version)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _deciding(self, conn: Connection, name: str, model_id: int, request_id: int) -> Deciding:
+        request = self._request(conn, name, model_id, request_id)
+        card = conn.execute(
+            select(_c).where(_c.c.model_id == model_id, _c.c.version == request.version)
+        ).first()
+        return Deciding(
+            request=request,
+            policy=self._policy(conn, name, model_id),
+            version=self._versions(conn, name, model_id, [request.version])[0],
+            card=_card(name, card) if card is not None else None,
+            evaluations=self._evaluations(conn, model_id, request.version),
+        )
+
+    def _evaluations(self, conn: Connection, model_id: int, version: int) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            select(_e)
+            .where(_e.c.model_id == model_id, _e.c.version == version)
+            .order_by(_e.c.evaluation_id)
+        ).all()
         return [
             {
                 "dataset": row.dataset,
@@ -329,8 +376,6 @@ class GovernanceStore(ModelStore):
             }
             for row in rows
         ]
-
-    # -- helpers ----------------------------------------------------------------------------
 
     def _policy(self, conn: Connection, name: str, model_id: int) -> Policy | None:
         row = conn.execute(select(_p).where(_p.c.model_id == model_id)).first()

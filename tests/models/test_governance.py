@@ -5,6 +5,7 @@ checks, rejection, the card requirement, the audit trail, and two approvers at o
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 import keel
+import keel.data
 import keel.models
 from keel.auth.models import Role
 from keel.db import make_engine
@@ -285,3 +287,74 @@ def test_the_local_default_is_the_os_user_as_admin(settings: Settings) -> None:
         assert (registry.actor, registry.role) == (current_user(), Role.ADMIN)
     engine = make_engine(settings.db_url)
     engine.dispose()
+
+
+def test_checks_read_the_manifest_and_evaluations_never_the_runs_current_values(
+    settings: Settings,
+) -> None:
+    from sklearn.linear_model import Ridge
+
+    X, y = diabetes()
+    with keel.start_run("ridge"):
+        logged = keel.models.log_model(Ridge().fit(X, y), input_example=X.head())
+        keel.log_metric("r2", 0.99)  # on the run after the model was logged: not its manifest
+        keel.log_param("reviewed", "yes")
+    keel.models.register(logged.uri, "diabetes")
+    governance.set_policy(
+        "diabetes",
+        protect=["production"],
+        approvers=["admins"],
+        requires=["metrics.r2 > 0.1", "params.reviewed = 'yes'"],
+    )
+    with Registry(actor="alice", role=Role.EDITOR) as alice:
+        request = alice.set_alias("diabetes", "production", 1)
+    assert isinstance(request, AliasRequest)
+    assert [c.found for c in request.checks] == [
+        "metrics.r2 is not recorded in the manifest of diabetes/1 nor in its 0 evaluations",
+        "params.reviewed is not recorded in the manifest of diabetes/1",
+    ]
+    with pytest.raises(Conflict, match=r"fails metrics\.r2 > 0\.1"):
+        governance.approve("diabetes", request.id)
+
+    keel.data.log_dataset(X.assign(progression=y), "diabetes-all")
+    keel.models.evaluate("diabetes/1", data="diabetes-all", target="progression")
+    governance.set_policy(
+        "diabetes", protect=["production"], approvers=["admins"], requires=["metrics.r2 > 0.1"]
+    )
+    done = governance.approve("diabetes", request.id)
+    assert done.state == "approved"
+    assert done.checks[0].found.startswith("metrics.r2 = 0.")
+    assert done.checks[0].found.endswith(" (evaluation on diabetes-all@1)")
+
+
+def test_an_approver_removed_while_an_approval_waits_for_the_lock_cannot_approve(
+    two_versions: Settings, engine: Engine
+) -> None:
+    with Registry(actor="alice", role=Role.EDITOR) as alice:
+        request = alice.set_alias("diabetes", "production", 2)
+    assert isinstance(request, AliasRequest)
+    outcome: list[object] = []
+    carol = Registry(two_versions, actor="carol", role=Role.EDITOR)
+
+    def approve() -> None:
+        try:
+            outcome.append(carol.approve("diabetes", request.id).state)
+        except PermissionDenied as error:
+            outcome.append(error)
+
+    with carol:
+        carol.store.get_request("diabetes", request.id)  # connected before the lock is taken
+        with engine.begin() as conn:  # an admin's change holds the model's lock meanwhile
+            conn.execute(
+                text("UPDATE registered_models SET updated_at = updated_at + 1 WHERE name = :n"),
+                {"n": "diabetes"},
+            )
+            conn.execute(text("""UPDATE model_policies SET approvers = '["@admin"]'"""))
+            thread = threading.Thread(target=approve)
+            thread.start()
+            time.sleep(2)  # carol has read the request and the policy, and waits for the lock
+        thread.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], PermissionDenied), outcome
+    assert "carol is not one of them" in str(outcome[0])
+    assert api.get_model("diabetes").aliases == {"production": 1}
+    assert governance.list_requests("diabetes")[0].id == request.id
