@@ -49,6 +49,8 @@ __all__ = ["CACHE_FOLDER", "Predictor", "load"]
 CACHE_FOLDER = "models"
 """Loaded models live in ``<home>/models/<digest>/``."""
 
+_MLFLOW_FLAVOR = "mlflow"  # an MLflow model folder registered through the MLflow endpoints
+
 
 class Predictor:
     """A loaded model: ``predict`` checks input against the signature, then asks the model.
@@ -135,7 +137,8 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
 
     Raises:
         InvalidInput: a malformed URI, or the folder is not a Keel model (it has no
-            ``keel-model.json``, or one that is not a valid manifest).
+            ``keel-model.json``, or one that is not a valid manifest, or the version is an
+            MLflow-format model registered through the MLflow endpoints).
         NotFound: no such run, folder, registered model, version or alias.
         StorageError: a stored file does not match its hash (the message names it).
         MissingExtra: the model's framework is not installed.
@@ -150,6 +153,15 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     root = Path(dst) if dst is not None else client.settings.home_path / CACHE_FOLDER
     if isinstance(parsed, ModelsUri):
         version = get_version(parsed.name, parsed.selector, settings=client.settings)
+        if version.flavor == _MLFLOW_FLAVOR:
+            raise InvalidInput(
+                f"{version.uri} is an MLflow-format model (registered through the MLflow "
+                "endpoints), which Keel cannot load; load it with MLflow against the keel "
+                f"server: mlflow.pyfunc.load_model({version.uri!r}) with MLFLOW_TRACKING_URI "
+                "set to the server's URL",
+                uri=version.uri,
+                flavor=version.flavor,
+            )
         folder = root / version.digest
         if (folder / MANIFEST_FILE).is_file():
             pass

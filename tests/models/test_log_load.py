@@ -281,3 +281,26 @@ def test_a_malformed_manifest_is_invalid_input_naming_the_field(home: Path, tmp_
         keel.log_artifact(tmp_path / "keel-model.json", "model")
     with pytest.raises(InvalidInput, match=r"not a valid Keel model manifest: the file: Invalid"):
         api.register(f"runs:/{run.run_id}/model", "broken")
+
+
+def test_an_mlflow_format_version_is_refused_with_how_to_load_it(
+    home: Path, tmp_path: Path
+) -> None:
+    from keel.models.mlflow_compat import register_folder
+    from keel.models.uris import RunsUri
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    model_path: model.pkl\n")
+    (folder / "model.pkl").write_bytes(b"not loaded")
+    with keel.start_run() as run:
+        keel.log_artifacts(folder, "model")
+    with api.Registry() as registry:
+        version = register_folder(registry, RunsUri(run.run_id, "model"), "from-mlflow")
+    assert version.flavor == "mlflow"
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the same answer every time, and nothing materialised
+        with pytest.raises(InvalidInput, match="MLflow-format model") as caught:
+            keel.models.load("models:/from-mlflow/1", dst=cache)
+        assert "mlflow.pyfunc.load_model('models:/from-mlflow/1')" in str(caught.value)
+    assert not cache.exists()
