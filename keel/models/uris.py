@@ -31,6 +31,7 @@ __all__ = [
 LATEST = "latest"
 """The word that names a model's newest version; it cannot be an alias."""
 
+# applied with fullmatch: the patterns end in ``$``, which re.match lets match before a "\n"
 _NAME = re.compile(MODEL_NAME_PATTERN)
 _ALIAS = re.compile(ALIAS_PATTERN)
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -128,7 +129,7 @@ def parse_version_ref(ref: str, *, allow_bare: bool = False) -> ModelsUri:
     if not isinstance(ref, str):
         raise InvalidInput(f"a model version is a string ({_SHORT_FORMS}), not {ref!r}")
     body = ref[len("models:/") :] if ref.startswith("models:/") else ref
-    if allow_bare and "/" not in body and "@" not in body and _NAME.match(body):
+    if allow_bare and "/" not in body and "@" not in body and _NAME.fullmatch(body):
         return ModelsUri(name=body)
     if "/" not in body and "@" not in body:
         forms = f"NAME, {_SHORT_FORMS}" if allow_bare else _SHORT_FORMS
@@ -142,7 +143,7 @@ def check_model_name(name: str) -> str:
     Raises:
         InvalidInput: it is not (the message says what is allowed).
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (starting with "
             "a letter or digit), up to 128 characters",
@@ -157,7 +158,7 @@ def check_alias(alias: str) -> str:
     Raises:
         InvalidInput: it is not (the message says what is allowed).
     """
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or alias == LATEST:
+    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or alias == LATEST:
         raise InvalidInput(
             f"invalid alias {alias!r}: use lowercase letters, digits, '_' and '-', starting "
             "with a letter, up to 64 characters ('latest' is reserved)",
@@ -170,7 +171,7 @@ def _parse_runs(uri: str) -> RunsUri:
     run_id, _, path = uri[len("runs:/") :].partition("/")
     path = path.strip("/")
     parts = path.split("/")
-    if not _RUN_ID.match(run_id) or not path or any(p in ("", ".", "..") for p in parts):
+    if not _RUN_ID.fullmatch(run_id) or not path or any(p in ("", ".", "..") for p in parts):
         raise InvalidInput(
             f"malformed model URI {uri!r}: a run's model is runs:/RUN_ID/PATH, e.g. "
             f"runs:/5f0c.../model (accepted: {_FORMS})",
@@ -182,16 +183,17 @@ def _parse_runs(uri: str) -> RunsUri:
 def _parse_ref(body: str, *, uri: str, forms: str) -> ModelsUri:
     if "@" in body:
         name, _, alias = body.partition("@")
-        if _NAME.match(name) and alias == LATEST:
+        if _NAME.fullmatch(name) and alias == LATEST:
             return ModelsUri(name=name)
-        if _NAME.match(name) and _ALIAS.match(alias):
+        if _NAME.fullmatch(name) and _ALIAS.fullmatch(alias):
             return ModelsUri(name=name, alias=alias)
     else:
         name, _, version = body.partition("/")
-        if _NAME.match(name) and version == LATEST:
+        if _NAME.fullmatch(name) and version == LATEST:
             return ModelsUri(name=name)
-        if _NAME.match(name) and version.isascii() and version.isdecimal() and int(version) >= 1:
-            return ModelsUri(name=name, version=int(version))
+        number = int(version) if version.isascii() and version.isdecimal() else 0
+        if _NAME.fullmatch(name) and number >= 1:
+            return ModelsUri(name=name, version=number)
     raise InvalidInput(
         f"malformed model reference {uri!r}: use {forms}; a name is letters, digits, '.', "
         "'_' and '-', a version a number from 1, an alias lowercase letters, digits, '_' and '-'",

@@ -95,3 +95,22 @@ def test_names_and_aliases_are_checked() -> None:
     for bad in ("latest", "Champion", "1st", "a b", ""):
         with pytest.raises(InvalidInput, match="invalid alias"):
             check_alias(bad)
+
+
+def test_a_trailing_newline_is_refused_everywhere() -> None:
+    with pytest.raises(InvalidInput, match="invalid model name"):
+        check_model_name("churn\n")
+    with pytest.raises(InvalidInput, match="invalid alias"):
+        check_alias("production\n")
+    for uri in (
+        "models:/churn\n/1",
+        "models:/churn@production\n",
+        "runs:/5f0c\n/model",
+    ):
+        with pytest.raises(InvalidInput, match="malformed model"):
+            parse_model_uri(uri)
+    for ref in ("churn\n@champion", "churn@production\n"):
+        with pytest.raises(InvalidInput, match="malformed model"):
+            parse_version_ref(ref)
+    with pytest.raises(InvalidInput, match="malformed model"):
+        parse_version_ref("churn\n", allow_bare=True)
