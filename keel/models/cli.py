@@ -2,12 +2,14 @@
 
 Each command calls one function of :mod:`keel.models.api` and prints with rich, or JSON with
 ``--json`` for the listing commands. Versions are written ``NAME/3`` or ``NAME@champion``
-(``models:/`` URIs work too).
+(``models:/`` URIs work too). ``alias set`` on an alias the model's policy protects exits
+:data:`ALIAS_REQUESTED`: the alias did not move, a request awaits approval.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -27,7 +29,11 @@ from keel.models.lineage import LineageNode, ModelLineage
 from keel.models.models import AuditEvent, ModelVersion
 from keel.models.uris import parse_version_ref
 
-__all__ = ["models"]
+__all__ = ["ALIAS_REQUESTED", "models"]
+
+ALIAS_REQUESTED = 3
+"""``keel models alias set``'s exit status when the alias is protected: a request awaits
+approval and the alias did not move."""
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -163,6 +169,9 @@ def alias() -> None:
 def set_alias(name: str, alias_name: str, version: int, reason: str | None) -> None:
     """Point ALIAS of model NAME at VERSION, moving it atomically if it is set.
 
+    An alias the model's policy protects does not move: a request is recorded, printed, and
+    the command exits 3 (a request awaits approval: keel models approve NAME ID).
+
     \b
     Example:
       keel models alias set churn champion 3 --reason "rmse 52 < 57"
@@ -171,7 +180,11 @@ def set_alias(name: str, alias_name: str, version: int, reason: str | None) -> N
     done = api.set_alias(name, alias_name, version, reason=reason)
     if isinstance(done, AliasRequest):  # a protected alias: approval needed
         click.echo(done.summary)
-        return
+        click.echo(
+            f"{name}@{alias_name} did not move; keel models approve {name} {done.id} moves it",
+            err=True,
+        )
+        sys.exit(ALIAS_REQUESTED)
     moved = f" (was {before})" if before is not None and before != version else ""
     click.echo(f"{name}@{alias_name} -> {version}{moved}")
 

@@ -30,8 +30,9 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keel.artifacts.models import manifest_bytes
-from keel.errors import InvalidInput, NotFound
+from keel.errors import InvalidInput, NotFound, PermissionDenied
 from keel.models.api import Registry
+from keel.models.governance_models import AliasRequest as PendingRequest
 from keel.models.models import MANIFEST_FILE, ModelVersion, RegisteredModel
 from keel.models.packaging import folder_digest
 from keel.models.routing import ReaderDep, WriterDep, note, tracking_of
@@ -373,9 +374,22 @@ def delete_registered_model_tag(
 
 @router.post(f"{PREFIX}/registered-models/alias")
 def set_registered_model_alias(body: AliasRequest, request: Request, registry: WriterDep) -> Empty:
-    """Point the alias at the version, moving it atomically (audited)."""
+    """Point the alias at the version, moving it atomically (audited).
+
+    An alias the model's policy protects does not move: the pending request made instead is
+    answered as 403 PERMISSION_DENIED naming it, so an MLflow client does not take it for done.
+    """
     note(request, f"model/{body.name}@{body.alias}")
-    registry.set_alias(body.name, body.alias, _number(body.version))
+    done = registry.set_alias(body.name, body.alias, _number(body.version))
+    if isinstance(done, PendingRequest):
+        raise PermissionDenied(
+            f"{body.name}@{body.alias} did not move: the model's policy protects it, and request "
+            f"#{done.id} to move it to {done.version} awaits approval "
+            f"(keel models approve {body.name} {done.id})",
+            name=body.name,
+            alias=body.alias,
+            request=done.id,
+        )
     return Empty()
 
 

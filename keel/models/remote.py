@@ -207,10 +207,12 @@ class RemoteRegistry:
         self, name: str, alias: str, version: int | str, *, reason: str | None = None
     ) -> ModelVersion | AliasRequest:
         """See :func:`keel.models.api.set_alias`: a protected alias does not move, and the
-        request made instead is returned (the server answers 202)."""
+        request made instead is returned (the server answers 202). Not retried once sent: a
+        second try could record a second request."""
         number = _number(version)
         path = f"{self._model_path(name)}/aliases/{_segment(check_alias(alias))}"
-        response = self._request("PUT", path, body=AliasSet(version=number, reason=reason))
+        body = AliasSet(version=number, reason=reason)
+        response = self._request("PUT", path, body=body, idempotent=False)
         if response.status_code == 202:
             return AliasRequest.model_validate(response.json())
         return ModelVersion.model_validate(response.json())

@@ -37,8 +37,12 @@ def test_policy_requests_approve_reject_and_history(cli: CliRunner, settings: Se
     assert shown["approvers"] == ["@admin", "carol"]
 
     # the OS user asks; alice (an editor) may not approve, carol may
-    out = _ok(cli, ["models", "alias", "set", "diabetes", "production", "2", "--reason", "new"])
-    assert out.startswith("request #1: moving production to 2 needs approval by admins or carol")
+    asked = run_main(cli, ["models", "alias", "set", "diabetes", "production", "2"])
+    assert asked.exit_code == 3, asked.output  # a request awaits approval: the alias did not move
+    assert asked.stdout.startswith(
+        "request #1: moving production to 2 needs approval by admins or carol"
+    )
+    assert "did not move; keel models approve diabetes 1 moves it" in asked.stderr
     line = _one_red_line(cli, ["models", "approve", "diabetes", "1"])
     assert "needs an approval by a user other than the requester" in line
     listed = _ok(cli, ["models", "requests", "diabetes"])

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from keel.auth.store import AuthStore
 from keel.db import make_engine
-from keel.errors import Conflict, InvalidInput, PermissionDenied
+from keel.errors import Conflict, InvalidInput, KeelError, PermissionDenied
 from keel.models import api, governance
 from keel.models.governance_models import AliasRequest
 from keel.models.remote import RemoteRegistry
@@ -32,6 +32,7 @@ from keel.settings import Settings
 from keel.tracking.api import Client
 from keel.tracking.fluent import set_client
 from tests.auth.conftest import Tokens, bearer, make_tokens
+from tests.conftest import run_main
 from tests.models.test_cli import _logged, _ok, _one_red_line
 from tests.server.conftest import RunningServer, keel_server  # noqa: F401
 
@@ -181,8 +182,9 @@ def test_two_person_rule_on_a_keel_server_with_auth(
     monkeypatch.setenv("KEEL_TRACKING_URI", server.url)
     monkeypatch.setenv("KEEL_TRACKING_TOKEN", tokens.alice)
     set_client(None)
-    out = _ok(cli, ["models", "alias", "set", "churn", "production", "2", "--reason", "redo"])
-    assert out.startswith("request #3: moving production to 2 needs approval by admins or bob")
+    asked = run_main(cli, ["models", "alias", "set", "churn", "production", "2", "--reason", "x"])
+    assert asked.exit_code == 3, asked.output
+    assert asked.stdout.startswith("request #3: moving production to 2 needs approval by admins")
     line = _one_red_line(cli, ["models", "approve", "churn", "3"])
     assert "other than the requester, alice" in line
     monkeypatch.setenv("KEEL_TRACKING_TOKEN", tokens.bob)
@@ -348,3 +350,56 @@ def test_evaluation_and_gates_stay_local_and_say_so(home: Path) -> None:
     assert "unset KEEL_TRACKING_URI" in str(caught.value)
     with pytest.raises(InvalidInput, match=why):
         gate("churn/2", against="churn@champion", metric="rmse", settings=remote)
+
+
+def test_the_mlflow_set_alias_call_on_a_protected_alias_is_an_error_naming_the_request(
+    auth_http: tuple[TestClient, Tokens], settings: Settings
+) -> None:
+    http, tokens = auth_http
+    assert http.put("/churn/policy", json=POLICY, headers=bearer(tokens.admin)).status_code == 200
+    asked = http.post(
+        "http://testserver/api/2.0/mlflow/registered-models/alias",
+        json={"name": "churn", "alias": "production", "version": "2"},
+        headers=bearer(tokens.alice),
+    )
+    assert asked.status_code == 403, asked.text  # not 200 {}: the alias did not move
+    assert asked.json()["error_code"] == "PERMISSION_DENIED"
+    assert "request #1 to move it to 2 awaits approval" in asked.json()["message"]
+    assert "(keel models approve churn 1)" in asked.json()["message"]
+    assert api.get_model("churn", settings=settings).aliases == {}
+    pending = governance.list_requests("churn", settings=settings)
+    assert [(r.id, r.requested_by) for r in pending] == [(1, "alice")]
+
+
+def test_remote_set_alias_is_not_sent_twice(home: Path) -> None:
+    """A retry after the server took the request could record a second pending request."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            received.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"error": "storage_error", "message": "the database went away"}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Failing) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        try:
+            remote = RemoteRegistry(Settings().replace(tracking_uri=url))
+            with remote, pytest.raises(KeelError, match="the database went away"):
+                remote.set_alias("churn", "production", 2)
+        finally:
+            httpd.shutdown()
+    assert received == ["/api/v1/models/churn/aliases/production"]
