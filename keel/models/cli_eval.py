@@ -137,6 +137,11 @@ def evaluations(ref: str, as_json: bool) -> None:
     default=None,
     help="The metric's direction; needed only for a metric Keel does not know.",
 )
+@click.option(
+    "--allow-no-champion",
+    is_flag=True,
+    help="Pass when the --against alias is not set although the model has other aliases.",
+)
 @_json_option
 def gate(
     candidate: str,
@@ -147,14 +152,17 @@ def gate(
     data: str | None,
     target: str | None,
     higher: bool | None,
+    allow_no_champion: bool,
     as_json: bool,
 ) -> None:
     """Pass or fail CANDIDATE against the champion on a metric, for CI; the verdict is recorded.
 
     Both versions' evaluations of one dataset version are compared (the latest they share, or
     --data/--target, evaluating them first where needed). Without a threshold the candidate
-    must be at least as good. No champion (the alias unset) passes. Exit status: 0 pass,
-    1 fail, 2 the gate could not decide (the message says what to run).
+    must be at least as good. No champion passes only when the model has no aliases yet, or
+    with --allow-no-champion; an unset alias of a model that has others (a typo) exits 2
+    naming them. Exit status: 0 pass, 1 fail, 2 the gate could not decide (the message says
+    what to run).
 
     \b
     Example:
@@ -172,6 +180,7 @@ def gate(
             data=data,
             target=target,
             higher_is_better=higher,
+            allow_no_champion=allow_no_champion,
         )
     except KeelError as exc:
         click.secho(f"Error: {exc}", fg="red", err=True)

@@ -15,7 +15,10 @@ candidate for a lower-is-better metric, candidate minus champion otherwise):
 - ``max_regression``: improvement >= minus the threshold (worse by at most that);
 - neither: improvement >= 0 (the candidate is at least as good).
 
-No champion (the alias is unset) passes, recorded as "no champion to beat". No evaluation both
+No champion passes, recorded as "no champion to beat", only when the model has no aliases at all
+(its first release) or with ``allow_no_champion``; an unset alias of a model that has others
+(``diabetes@champoin``) raises :class:`~keel.errors.NotFound` naming the aliases it has, so a
+typo does not pass. No evaluation both
 versions share raises :class:`NoCommonEvaluation` naming the ``keel models evaluate`` commands
 to run.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keel.data.versions import get_version as get_dataset_version
-from keel.errors import InvalidInput
+from keel.errors import InvalidInput, NotFound
 from keel.models.api import Registry
 from keel.models.evaluation import Evaluator
 from keel.models.evaluation_models import Evaluation, GateVerdict
@@ -128,6 +131,7 @@ def gate(
     data: str | None = None,
     target: str | None = None,
     higher_is_better: bool | None = None,
+    allow_no_champion: bool = False,
     settings: Settings | None = None,
 ) -> GateVerdict:
     """Decide whether ``candidate`` may replace ``against`` on ``metric``, and record it.
@@ -145,6 +149,9 @@ def gate(
         target: the target column for ``data``.
         higher_is_better: the metric's direction; needed only for a metric the gate does not
             know (see :data:`LOWER_IS_BETTER` and :data:`HIGHER_IS_BETTER`).
+        allow_no_champion: pass when ``against`` is an alias that is not set although the
+            model has other aliases (without it, only a model with no aliases at all passes
+            with no champion to beat).
         settings: where the registry is; default ``Settings()``.
 
     Returns:
@@ -156,7 +163,8 @@ def gate(
             names the evaluate commands to run).
         InvalidInput: an unknown metric without a direction, a malformed threshold, ``data``
             without ``target``, or a metric the evaluations do not have.
-        NotFound: no such model, version or dataset version.
+        NotFound: no such model, version or dataset version; or ``against`` is an alias that
+            is not set while the model has others (the message names them).
 
     Example:
         >>> verdict = keel.models.gate("diabetes/4", against="diabetes@champion",
@@ -174,7 +182,7 @@ def gate(
     with Registry(settings) as registry:
         evaluator = Evaluator(registry)
         chosen = registry.resolve(candidate)
-        champion = _champion(registry, against)
+        champion = _champion(registry, against, allow_no_champion=allow_no_champion)
         if champion is None:
             return _record(
                 evaluator,
@@ -302,12 +310,29 @@ def _at_least(value: float, required: float) -> bool:
 # -- finding what to compare -------------------------------------------------------------------
 
 
-def _champion(registry: Registry, against: str) -> ModelVersion | None:
-    """The version ``against`` names; None when it is an alias that is not set."""
+def _champion(registry: Registry, against: str, *, allow_no_champion: bool) -> ModelVersion | None:
+    """The version ``against`` names; None when it is an alias that is not set and the model
+    has no aliases at all (or ``allow_no_champion``).
+
+    Raises:
+        NotFound: ``against`` is an unset alias of a model that has other aliases: a typo
+            (``champoin``) must not pass as "no champion to beat".
+    """
     parsed = parse_version_ref(against)
-    if parsed.alias is not None and parsed.alias not in registry.get_model(parsed.name).aliases:
-        return None
-    return registry.get_version(parsed.name, parsed.selector)
+    if parsed.alias is None:
+        return registry.get_version(parsed.name, parsed.selector)
+    aliases = registry.get_model(parsed.name).aliases
+    if parsed.alias in aliases:
+        return registry.get_version(parsed.name, parsed.alias)
+    if aliases and not allow_no_champion:
+        have = ", ".join(f"{alias} -> {number}" for alias, number in sorted(aliases.items()))
+        raise NotFound(
+            f"{against} is not set, and {parsed.name} has aliases {have}: is it a typo? "
+            "(--allow-no-champion passes with no champion to beat)",
+            name=parsed.name,
+            alias=parsed.alias,
+        )
+    return None
 
 
 def _on_data(

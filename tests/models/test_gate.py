@@ -15,7 +15,7 @@ import keel
 import keel.data
 import keel.models
 from keel.db import make_engine
-from keel.errors import InvalidInput
+from keel.errors import InvalidInput, NotFound
 from keel.models import api
 from keel.models.release_gate import NoCommonEvaluation, Threshold
 from keel.models.store_evaluation import EvaluationStore
@@ -173,6 +173,27 @@ def test_no_champion_passes_and_says_so(
     assert verdict.passed and verdict.against_version is None
     assert verdict.detail["reason"] == "no champion to beat: diabetes@champion is not set"
     assert [e.action for e in api.history("diabetes")][-1] == "gate"
+
+
+def test_an_unset_alias_of_a_model_with_aliases_is_a_typo_not_a_pass(
+    cli: CliRunner, settings: Settings, versions: dict[int, dict[str, float]]
+) -> None:
+    api.set_alias("diabetes", "champion", 2)
+    api.set_alias("diabetes", "challenger", 1)
+    code, out = _gate(cli, "diabetes/1", "--against", "diabetes@champoin", "--metric", "rmse")
+    assert code == 2, out
+    assert "diabetes@champoin is not set, and diabetes has aliases challenger -> 1, " in out
+    assert "champion -> 2: is it a typo? (--allow-no-champion" in out
+    assert _verdicts(settings) == []  # nothing decided, nothing recorded
+    with pytest.raises(NotFound, match="is it a typo"):
+        keel.models.gate("diabetes/1", against="diabetes@champoin", metric="rmse")
+
+    args = ["diabetes/1", "--against", "diabetes@prod", "--metric", "rmse", "--allow-no-champion"]
+    code, out = _gate(cli, *args)
+    assert code == 0, out
+    assert "no champion to beat: diabetes@prod is not set" in out
+    [verdict] = _verdicts(settings)
+    assert verdict.passed and verdict.against_version is None
 
 
 def test_no_common_evaluation_exits_2_naming_what_to_run(
