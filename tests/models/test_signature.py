@@ -157,3 +157,22 @@ def test_the_check_costs_under_a_tenth_of_a_forest_predict_on_10000_rows() -> No
     predict = median(lambda: model.predict(rows), repeat=5)
     checking = median(lambda: check(rows, signature))
     assert checking < 0.1 * predict, (checking, predict)
+
+
+def test_nulls_in_a_column_the_example_had_none_in_are_refused_with_their_count() -> None:
+    frame = _mixed()
+    checked = check(frame, _signature())  # income had a null in the example: nullable
+    assert checked["income"].isna().sum() == 1
+    for column, values in (
+        ("age", [31.0, np.nan, np.nan]),  # NaN where integers were expected is a mismatch too
+        ("city", ["Oslo", None, "Pune"]),
+        ("joined", pd.to_datetime(["2024-01-01", None, "2024-03-01"])),
+    ):
+        with pytest.raises(SchemaMismatch) as caught:
+            check(frame.assign(**{column: values}), _signature())
+        assert f"column {column!r}" in str(caught.value)
+    with pytest.raises(SchemaMismatch, match=r"column 'city' holds 2 null values in 3 rows"):
+        check(frame.assign(city=["Oslo", None, np.nan]), _signature())
+    floats = Signature(inputs=[ColumnSpec(name="bmi", type="float")])
+    with pytest.raises(SchemaMismatch, match=r"column 'bmi' holds 1 null value in 2 rows"):
+        check({"bmi": [0.5, np.nan]}, floats)
