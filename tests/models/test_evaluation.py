@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,3 +301,29 @@ def test_evaluate_and_evaluations_on_the_command_line(cli: CliRunner, settings: 
     assert "Error: dataset iris-all@1 has no column 'kind'" in missing.output
     none = run_main(cli, ["models", "evaluations", "nothing"])
     assert none.exit_code == 1 and "no registered model named 'nothing'" in none.output
+
+
+def test_evaluate_loads_the_model_from_the_registry_it_is_given(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version is scored from ``settings``' store, not resolved again under the default
+    ``Settings()`` (here another, empty home)."""
+    from sklearn.linear_model import Ridge
+
+    from keel.tracking.fluent import set_client
+
+    X, y, X_test, y_test = _diabetes_split()
+    ref = _register(Ridge().fit(X, y), X, "diabetes")
+    keel.data.log_dataset(X_test.assign(progression=y_test), "diabetes-test")
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("KEEL_HOME", str(elsewhere))
+    monkeypatch.setenv("KEEL_DATABASE_URL", f"sqlite:///{elsewhere / 'keel.db'}")
+    set_client(None)
+    try:
+        found = keel.models.evaluate(
+            ref, data="diabetes-test", target="progression", settings=settings
+        )
+    finally:
+        set_client(None)
+    assert (found.name, found.version, found.rows) == ("diabetes", 1, 142)
+    assert list_evaluations("diabetes", settings=settings)[0].id == found.id
