@@ -5,9 +5,12 @@ on every call.
 columns or a list of row dicts) and, optionally, the model's predictions on it. :func:`check`
 validates the data given to ``predict`` against it and converts what may be converted: columns
 are put in the signature's order and integer columns widen to float where the model was trained
-on floats. Nothing narrows. Columns the example had no nulls in (``nullable=False``) must have
-none. The check reads each column's dtype and asks the frame once which columns hold a null
-(one vectorised ``isna().any()``), never looping over rows in Python.
+on floats. Nothing narrows. Non-float columns the example had no nulls in (``nullable=False``)
+must have none; NaN in a float column is a float value the model decides about (XGBoost,
+LightGBM and HistGradientBoosting take it as "missing"; most sklearn estimators refuse it with
+their own error), since a 5-row example cannot tell which a model expects. The check reads each
+column's dtype and asks the frame once which columns hold a null (one vectorised
+``isna().any()``), never looping over rows in Python.
 """
 
 from __future__ import annotations
@@ -257,7 +260,7 @@ def _check_columns(data: Any, specs: list[ColumnSpec]) -> pd.DataFrame:
             )
         if spec.type == "float" and kind != "f":
             widen[spec.name] = "float64"
-    if not all(spec.nullable for spec in specs):
+    if not all(spec.nullable or spec.type == "float" for spec in specs):
         _check_no_nulls(data, specs)
     if widen:
         data = data.astype(widen)
@@ -265,7 +268,7 @@ def _check_columns(data: Any, specs: list[ColumnSpec]) -> pd.DataFrame:
 
 
 def _check_no_nulls(data: pd.DataFrame, specs: list[ColumnSpec]) -> None:
-    """Refuse nulls (None, NaN, NaT, pd.NA) in a column whose spec is not nullable.
+    """Refuse nulls (None, NaN, NaT, pd.NA) in a non-float column whose spec is not nullable.
 
     One vectorised ``isna().any()`` over the frame answers for every column at once (a third
     of the cost of asking column by column on 10 float columns); rows are counted only for
@@ -273,7 +276,7 @@ def _check_no_nulls(data: pd.DataFrame, specs: list[ColumnSpec]) -> None:
     """
     seen = data.isna().any().to_numpy()
     for spec, has_nulls in zip(specs, seen, strict=True):
-        if has_nulls and not spec.nullable:
+        if has_nulls and not spec.nullable and spec.type != "float":
             _refuse_nulls(data[spec.name], spec.name)
 
 

@@ -173,6 +173,7 @@ def test_nulls_in_a_column_the_example_had_none_in_are_refused_with_their_count(
         assert f"column {column!r}" in str(caught.value)
     with pytest.raises(SchemaMismatch, match=r"column 'city' holds 2 null values in 3 rows"):
         check(frame.assign(city=["Oslo", None, np.nan]), _signature())
+    # NaN in a float column is a value the model decides about (XGBoost and LightGBM read it
+    # as missing): a 5-row example without NaN cannot say the model refuses it
     floats = Signature(inputs=[ColumnSpec(name="bmi", type="float")])
-    with pytest.raises(SchemaMismatch, match=r"column 'bmi' holds 1 null value in 2 rows"):
-        check({"bmi": [0.5, np.nan]}, floats)
+    assert check({"bmi": [0.5, np.nan]}, floats)["bmi"].isna().sum() == 1
