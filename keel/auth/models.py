@@ -84,7 +84,7 @@ class Permission(_Level):
 
 
 def valid_user_name(name: str) -> bool:
-    return bool(_USER_NAME.match(name))
+    return bool(_USER_NAME.fullmatch(name))  # match() would let "alice\n" through ($)
 
 
 class Principal(BaseModel):

@@ -96,7 +96,7 @@ def test_user_and_token_mistakes_are_clear(store: AuthStore) -> None:
     store.create_user("alice")
     with pytest.raises(AlreadyExists):
         store.create_user("alice")
-    for bad in ("", "a b", "-lead", "x" * 65, "semi;colon"):
+    for bad in ("", "a b", "-lead", "x" * 65, "semi;colon", "alice\n"):
         with pytest.raises(InvalidInput, match="invalid user name"):
             store.create_user(bad)
     with pytest.raises(NotFound, match="keel users create carol"):
