@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -173,7 +174,9 @@ def reproduce(
     Raises:
         NotFound: no such run; the repository or the commit is gone; the entry point
             started no run.
-        InvalidInput: the run recorded no git commit or no entry point.
+        InvalidInput: the run recorded no git commit or no entry point; or its (editable)
+            tags name a working folder or script outside the repository, or arguments that
+            are not a JSON list.
         Conflict: the recorded diff does not apply to the commit.
 
     Example:
@@ -195,10 +198,11 @@ def reproduce(
             if the_plan.diff_recorded:
                 _apply_diff(client, original.run_id, worktree, folder)
             _checkout_data(original.run_id, worktree, settings)
+            cwd = _inside_worktree(worktree, the_plan)
             started = int(time.time() * 1000)
             done = subprocess.run(
                 the_plan.command,
-                cwd=worktree / the_plan.workdir,
+                cwd=cwd,
                 env={**os.environ, **the_plan.environment},
                 stdout=2,  # this process's stdout is for the report
                 check=False,
@@ -272,7 +276,9 @@ def _plan(client: TrackingClient, run_id: str, settings: Settings) -> Plan:
                 else "no diff was recorded, so the reproduction runs the committed code"
             )
         )
-    args = _recorded_args(tags, warnings)
+    args = _recorded_args(run_id, tags, warnings)
+    workdir = _recorded_workdir(run_id, tags.get(WORKDIR_TAG, "."))
+    entry = _entry_argv(run_id, tags.get(ENTRY_POINT_TAG, ""), workdir)
     inputs = _input_refs(run_id, settings, warnings)
     recorded = _recorded_requirements(client, run_id, warnings)
     return Plan(
@@ -280,8 +286,8 @@ def _plan(client: TrackingClient, run_id: str, settings: Settings) -> Plan:
         run_name=run.run_name,
         repo=repo,
         commit=commit,
-        command=[sys.executable, *_entry_argv(run_id, tags.get(ENTRY_POINT_TAG, "")), *args],
-        workdir=tags.get(WORKDIR_TAG, "."),
+        command=[sys.executable, *entry, *args],
+        workdir=workdir,
         dirty=dirty,
         diff_recorded=diff_recorded,
         inputs=inputs,
@@ -292,24 +298,99 @@ def _plan(client: TrackingClient, run_id: str, settings: Settings) -> Plan:
     )
 
 
-def _entry_argv(run_id: str, entry: str) -> list[str]:
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _escapes(path: str) -> bool:
+    """Whether ``path`` (relative to the worktree's root) is absolute or leaves it by ``..``."""
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    return posixpath.isabs(normal) or normal == ".." or normal.startswith("../")
+
+
+def _recorded_workdir(run_id: str, text: str) -> str:
+    """The recorded working folder, relative to the repository's root and inside it: tags
+    are editable, so a workdir tag pointing elsewhere is refused."""
+    if not text or _escapes(text) or Path(text).is_absolute():
+        raise InvalidInput(
+            f"run {run_id}'s working folder tag {WORKDIR_TAG}={text!r} is not a folder inside "
+            "its repository, so the reproduction would run elsewhere; refusing",
+            run_id=run_id,
+            workdir=text,
+        )
+    return posixpath.normpath(text.replace("\\", "/"))
+
+
+def _entry_argv(run_id: str, entry: str, workdir: str) -> list[str]:
     if entry.startswith("-m "):
-        return ["-m", entry[3:]]
+        module = entry[3:]
+        if not _MODULE.fullmatch(module):
+            raise InvalidInput(
+                f"run {run_id}'s entry point {entry!r} does not name a module "
+                "(-m package.module), so there is nothing to re-execute",
+                run_id=run_id,
+            )
+        return ["-m", module]
     if not entry or entry.startswith("<") or Path(entry).is_absolute():
         raise InvalidInput(
             f"run {run_id} was not started from a script in its repository (its entry point "
             f"is {entry or 'unknown'}), so there is nothing to re-execute",
             run_id=run_id,
         )
+    if _escapes(posixpath.join(workdir, entry.replace("\\", "/"))):
+        raise InvalidInput(
+            f"run {run_id}'s entry point {entry!r} is outside its repository (from the working "
+            f"folder {workdir!r}), so the reproduction would run other code; refusing",
+            run_id=run_id,
+            entry_point=entry,
+        )
     return [entry]
 
 
-def _recorded_args(tags: dict[str, str], warnings: list[str]) -> list[str]:
+def _inside_worktree(worktree: Path, plan: Plan) -> Path:
+    """The folder to run in, resolved (symbolic links followed) and required to be inside the
+    worktree, as is the script it runs.
+
+    Raises:
+        InvalidInput: the working folder or the script resolves outside the worktree.
+    """
+    root = worktree.resolve()
+    cwd = (worktree / plan.workdir).resolve()
+    if not cwd.is_relative_to(root) or not cwd.is_dir():
+        raise InvalidInput(
+            f"run {plan.run_id}'s working folder {plan.workdir!r} is not a folder inside its "
+            f"repository at {plan.commit[:12]} (it resolves to {cwd}); refusing",
+            run_id=plan.run_id,
+            workdir=plan.workdir,
+        )
+    script = plan.command[1]
+    if script != "-m" and not (cwd / script).resolve().is_relative_to(root):
+        raise InvalidInput(
+            f"run {plan.run_id}'s entry point {script!r} resolves to {(cwd / script).resolve()}, "
+            "outside its repository; refusing",
+            run_id=plan.run_id,
+            entry_point=script,
+        )
+    return cwd
+
+
+def _recorded_args(run_id: str, tags: dict[str, str], warnings: list[str]) -> list[str]:
     text = tags.get(ARGS_TAG)
     if text is None:
         warnings.append("the run recorded no command-line arguments; the entry point runs without")
         return []
-    args = json.loads(text)
+    try:
+        args = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"run {run_id}'s arguments tag {ARGS_TAG} is not a JSON list of strings ({exc}): "
+            f"{text[:80]!r}",
+            run_id=run_id,
+        ) from None
+    if not isinstance(args, list):
+        raise InvalidInput(
+            f"run {run_id}'s arguments tag {ARGS_TAG} is not a JSON list of strings: {text[:80]!r}",
+            run_id=run_id,
+        )
     return [str(a) for a in args]
 
 

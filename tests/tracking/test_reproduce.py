@@ -203,3 +203,62 @@ def test_a_missing_commit_is_refused(repo: Path, home: Path, cli: CliRunner) -> 
 
     assert result.exit_code == 1
     assert f"commit {commit} of run {run_id} is not in" in result.output
+
+
+def test_edited_tags_that_leave_the_repository_or_do_not_parse_are_refused(
+    repo: Path, home: Path, cli: CliRunner
+) -> None:
+    """The workdir, entry point and args come from tags anyone who may write to the run can
+    edit: each is checked, and a bad one is one red line, not a traceback or a run elsewhere."""
+    from keel.settings import Settings
+    from keel.tracking.api import Client
+    from keel.tracking.source import ENTRY_POINT_TAG
+
+    run_id = _train(repo, home, "2.0")
+    recorded = keel.get_run(run_id).tags
+    client = Client(Settings())
+    try:
+        for tag, value, said in [
+            (WORKDIR_TAG, "../..", "is not a folder inside its repository"),
+            (WORKDIR_TAG, "src/../../x", "is not a folder inside its repository"),
+            (WORKDIR_TAG, "/etc", "is not a folder inside its repository"),
+            (ENTRY_POINT_TAG, "../outside.py", "is outside its repository"),
+            (ENTRY_POINT_TAG, "src/../../../outside.py", "is outside its repository"),
+            (ENTRY_POINT_TAG, "-m ../outside", "does not name a module"),
+            (ARGS_TAG, "[not json", "is not a JSON list of strings"),
+            (ARGS_TAG, '{"scale": 2}', "is not a JSON list of strings"),
+        ]:
+            client.set_tag(run_id, tag, value)
+            result = run_main(cli, ["runs", "reproduce", run_id, "--dry-run"])
+            assert result.exit_code == 1, (tag, value, result.output)
+            assert isinstance(result.exception, SystemExit), (tag, value, result.exception)
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+            assert said in lines[0], (tag, value, lines[0])
+            client.set_tag(run_id, tag, recorded[tag])
+    finally:
+        client.close()
+
+
+def test_a_workdir_that_resolves_outside_the_worktree_is_refused(
+    repo: Path, home: Path, cli: CliRunner
+) -> None:
+    (repo / "out").symlink_to(repo.parent)  # committed: a link out of the repository
+    _git(repo, "add", "out")
+    _git(repo, "commit", "-q", "-m", "link")
+    run_id = _train(repo, home, "2.0")
+    from keel.settings import Settings
+    from keel.tracking.api import Client
+
+    client = Client(Settings())
+    try:
+        client.set_tag(run_id, WORKDIR_TAG, "out")
+    finally:
+        client.close()
+
+    result = run_main(cli, ["runs", "reproduce", run_id])
+
+    assert result.exit_code == 1, result.output
+    assert "working folder 'out' is not a folder inside its repository" in result.output
+    assert [r.run_id for r in _runs()] == [run_id]  # nothing ran
+    assert len(_worktrees(repo)) == 1  # the temporary worktree is gone
