@@ -11,7 +11,8 @@ store); the module functions make one per call, as :mod:`keel.data.api` does. Wi
 server (``KEEL_TRACKING_URI``) they use :class:`~keel.models.remote.RemoteRegistry` over its
 ``/api/v1/models`` routes instead (:func:`registry_for`), and so do governance's (policies,
 approvals, cards: :mod:`keel.models.governance`). Evaluation and release gates are local-only
-for now and refuse a tracking server with :class:`~keel.errors.InvalidInput`.
+for now and refuse a tracking server with :class:`~keel.errors.InvalidInput`
+(:func:`keel.models.evaluation.local_registry`).
 """
 
 from __future__ import annotations
@@ -780,10 +781,10 @@ def registry_for(
 def _check_local(settings: Settings) -> None:
     if settings.tracking_uri:
         raise InvalidInput(
-            "evaluation and release gates are not served by the tracking server "
-            f"({settings.tracking_uri}) yet; evaluation routes come with later server work. "
-            "Use them with a local or shared database: unset KEEL_TRACKING_URI and set "
-            "KEEL_DATABASE_URL to the server's database",
+            "a Registry works on the metadata database itself, and these settings name the "
+            f"tracking server {settings.tracking_uri}: use registry_for(settings) (a "
+            "RemoteRegistry: the registry and governance over HTTP), or unset "
+            "KEEL_TRACKING_URI to work on KEEL_DATABASE_URL",
             tracking_uri=settings.tracking_uri,
         )
 

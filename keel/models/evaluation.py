@@ -161,6 +161,26 @@ def _load_version(version: ModelVersion, settings: Settings) -> Predictor:
     )
 
 
+def local_registry(settings: Settings | None) -> Registry:
+    """A :class:`~keel.models.api.Registry` over ``settings`` for evaluation and release gates,
+    which a tracking server does not serve yet.
+
+    Raises:
+        InvalidInput: ``settings`` names a tracking server (the message says how to work on
+            the server's database instead).
+    """
+    settings = settings or Settings()
+    if settings.tracking_uri:
+        raise InvalidInput(
+            "evaluation and release gates are not served by the tracking server "
+            f"({settings.tracking_uri}) yet; evaluation routes come with later server work. "
+            "Use them with a local or shared database: unset KEEL_TRACKING_URI and set "
+            "KEEL_DATABASE_URL to the server's database",
+            tracking_uri=settings.tracking_uri,
+        )
+    return Registry(settings)
+
+
 def evaluate(
     ref: str | ModelVersion,
     *,
@@ -201,7 +221,7 @@ def evaluate(
         >>> round(found.metrics["rmse"], 1)  # doctest: +SKIP
         53.8
     """
-    with Registry(settings) as registry:
+    with local_registry(settings) as registry:
         return Evaluator(registry).evaluate(ref, data=data, target=target, task=task)
 
 
@@ -215,7 +235,7 @@ def list_evaluations(ref: str, *, settings: Settings | None = None) -> list[Eval
         >>> [e.dataset for e in list_evaluations("diabetes/3")]  # doctest: +SKIP
         ['diabetes-test@1']
     """
-    with Registry(settings) as registry:
+    with local_registry(settings) as registry:
         return Evaluator(registry).evaluations(ref)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from keel.data.versions import get_version as get_dataset_version
 from keel.errors import InvalidInput, NotFound
 from keel.models.api import Registry
-from keel.models.evaluation import Evaluator
+from keel.models.evaluation import Evaluator, local_registry
 from keel.models.evaluation_models import Evaluation, GateVerdict
 from keel.models.models import ModelVersion
 from keel.models.uris import parse_version_ref
@@ -179,7 +179,7 @@ def gate(
             "give --data and --target together (the dataset version and its "
             "target column to compare on), or neither"
         )
-    with Registry(settings) as registry:
+    with local_registry(settings) as registry:
         evaluator = Evaluator(registry)
         chosen = registry.resolve(candidate)
         champion = _champion(registry, against, allow_no_champion=allow_no_champion)

@@ -25,6 +25,7 @@ from keel.auth.store import AuthStore
 from keel.db import make_engine
 from keel.errors import Conflict, InvalidInput, KeelError, PermissionDenied
 from keel.models import api, governance
+from keel.models.api import Registry
 from keel.models.governance_models import AliasRequest
 from keel.models.remote import RemoteRegistry
 from keel.server import create_app
@@ -350,6 +351,12 @@ def test_evaluation_and_gates_stay_local_and_say_so(home: Path) -> None:
     assert "unset KEEL_TRACKING_URI" in str(caught.value)
     with pytest.raises(InvalidInput, match=why):
         gate("churn/2", against="churn@champion", metric="rmse", settings=remote)
+    # a Registry built on a server's settings says what it is and what to use instead
+    with pytest.raises(InvalidInput) as direct:
+        Registry(remote)
+    assert "a Registry works on the metadata database itself" in str(direct.value)
+    assert "registry_for(settings)" in str(direct.value)
+    assert "evaluation" not in str(direct.value)
 
 
 def test_the_mlflow_set_alias_call_on_a_protected_alias_is_an_error_naming_the_request(
