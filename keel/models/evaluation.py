@@ -23,10 +23,8 @@ from keel.data.versions import load as load_dataset
 from keel.errors import InvalidInput, MissingExtra
 from keel.models.api import Registry
 from keel.models.evaluation_models import Evaluation, Task
-from keel.models.flavors import get_flavor
-from keel.models.loading import CACHE_FOLDER, Predictor, _materialize
-from keel.models.models import MANIFEST_FILE, ModelVersion
-from keel.models.packaging import parse_manifest
+from keel.models.loading import Predictor, load_version
+from keel.models.models import ModelVersion
 from keel.models.signature import check
 from keel.models.store_evaluation import EvaluationStore
 from keel.models.uris import parse_version_ref
@@ -92,7 +90,7 @@ class Evaluator:
             chosen = f"inferred: {why}"
         else:
             chosen = "given"
-        predictor = _load_version(version, settings)
+        predictor = load_version(version, settings=settings)
         proba_of = getattr(predictor.raw, "predict_proba", None)
         if task == "regression":
             predicted, _ = _predict(predictor, X, None)
@@ -125,40 +123,6 @@ class Evaluator:
             return self.store.list_evaluations(name)
         version = self.registry.resolve(ref)
         return self.store.list_evaluations(version.name, version.version)
-
-
-def _load_version(version: ModelVersion, settings: Settings) -> Predictor:
-    """The model of ``version``, exactly as resolved, from the registry's own artifact store
-    and cache (``settings``), not from a second resolution under the default ``Settings()``.
-
-    Raises:
-        InvalidInput: the version is not a Keel model (an MLflow-format folder).
-        NotFound: its folder is not in the artifact store.
-        StorageError: a stored file does not match its hash.
-        MissingExtra: the model's framework is not installed.
-    """
-    if version.flavor == "mlflow":
-        raise InvalidInput(
-            f"{version.uri} is an MLflow-format model (registered through the MLflow "
-            "endpoints), which Keel cannot load or evaluate",
-            uri=version.uri,
-            flavor=version.flavor,
-        )
-    root = settings.home_path / CACHE_FOLDER
-    folder = root / version.digest
-    if not (folder / MANIFEST_FILE).is_file():
-        folder = _materialize(settings, version.digest, root)
-    manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=version.uri)
-    flavor = get_flavor(manifest.flavor)
-    raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
-    return Predictor(
-        uri=version.uri,
-        manifest=manifest,
-        digest=version.digest,
-        path=folder,
-        raw=raw,
-        predict=flavor.predictor(raw, folder),
-    )
 
 
 def local_registry(settings: Settings | None) -> Registry:

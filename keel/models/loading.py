@@ -44,7 +44,7 @@ from keel.settings import Settings
 from keel.tracking import fluent
 from keel.tracking.remote import TrackingClient
 
-__all__ = ["CACHE_FOLDER", "Predictor", "load"]
+__all__ = ["CACHE_FOLDER", "Predictor", "load", "load_version"]
 
 CACHE_FOLDER = "models"
 """Loaded models live in ``<home>/models/<digest>/``."""
@@ -153,24 +153,64 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     root = Path(dst) if dst is not None else client.settings.home_path / CACHE_FOLDER
     if isinstance(parsed, ModelsUri):
         version = get_version(parsed.name, parsed.selector, settings=client.settings)
-        if version.flavor == _MLFLOW_FLAVOR:
-            raise InvalidInput(
-                f"{version.uri} is an MLflow-format model (registered through the MLflow "
-                "endpoints), which Keel cannot load; load it with MLflow against the keel "
-                f"server: mlflow.pyfunc.load_model({version.uri!r}) with MLFLOW_TRACKING_URI "
-                "set to the server's URL",
-                uri=version.uri,
-                flavor=version.flavor,
-            )
-        folder = root / version.digest
-        if (folder / MANIFEST_FILE).is_file():
-            pass
-        elif client.settings.tracking_uri:
-            folder = _from_server(client, version, root)
-        else:
-            folder = _materialize(client.settings, version.digest, root)
+        return load_version(version, client=client, dst=dst, uri=uri)
+    return _open(_fetch(client, parsed, root), uri)
+
+
+def load_version(
+    version: ModelVersion,
+    *,
+    client: TrackingClient | None = None,
+    settings: Settings | None = None,
+    dst: str | Path | None = None,
+    uri: str | None = None,
+) -> Predictor:
+    """Load a registered version already resolved, without resolving its name again.
+
+    The files come from the cache (``<home>/models/<digest>``), else from the artifact store of
+    ``settings`` (or of ``client``) by the version's digest, else, through a keel server
+    (``client`` with a ``tracking_uri``), from its run's folder, checked against that digest.
+
+    Args:
+        version: the registered version (from :func:`keel.models.api.get_version`).
+        client: the tracking client to download through; default the fluent API's.
+        settings: whose artifact store and cache to use, when not the client's.
+        dst: the cache folder instead of ``<home>/models``.
+        uri: what the caller asked for, kept as the predictor's ``uri`` (default the
+            version's ``models:/NAME/VERSION``).
+
+    Raises:
+        InvalidInput: the version is an MLflow-format model (registered through the MLflow
+            endpoints), which Keel cannot load.
+        NotFound: its files are not in the store.
+        StorageError: a file does not match its hash, or the folder its digest.
+        MissingExtra: the model's framework is not installed.
+    """
+    if version.flavor == _MLFLOW_FLAVOR:
+        raise InvalidInput(
+            f"{version.uri} is an MLflow-format model (registered through the MLflow "
+            "endpoints), which Keel cannot load; load it with MLflow against the keel "
+            f"server: mlflow.pyfunc.load_model({version.uri!r}) with MLFLOW_TRACKING_URI "
+            "set to the server's URL",
+            uri=version.uri,
+            flavor=version.flavor,
+        )
+    if settings is None:
+        client = client or fluent.get_client()
+        settings = client.settings
+    root = Path(dst) if dst is not None else settings.home_path / CACHE_FOLDER
+    folder = root / version.digest
+    if (folder / MANIFEST_FILE).is_file():
+        pass
+    elif client is not None and settings.tracking_uri:
+        folder = _from_server(client, version, root)
     else:
-        folder = _fetch(client, parsed, root)
+        folder = _materialize(settings, version.digest, root)
+    return _open(folder, uri or version.uri)
+
+
+def _open(folder: Path, uri: str) -> Predictor:
+    """The model in a complete cache folder, through its flavor."""
     manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=uri)
     flavor = get_flavor(manifest.flavor)
     raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
