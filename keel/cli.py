@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "data": ("keel.data.cli:data", "Version data files and folders in the content store."),
     "remote": ("keel.data.cli_remote:remote", "Add, list and remove data remotes (push/pull)."),
     "models": ("keel.models.cli:models", "Register models, move aliases, diff and trace versions."),
+    "serve": ("keel.serving.cli:serve", "Serve a model over HTTP: POST /predict (uvicorn)."),
 }
 
 

@@ -1,0 +1,196 @@
+"""The scoring app in process (httpx ASGITransport) on a real scikit-learn model logged and
+registered in a tmp home, and ``keel serve`` as a real subprocess on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import keel
+import keel.models
+from keel.models import api
+from keel.models.loading import Predictor
+from keel.serving import create_scoring_app
+from keel.serving.launch import load_for_serving
+from tests.models.training import diabetes
+
+
+@pytest.fixture
+def served(home: Path) -> tuple[Predictor, object]:
+    """A random forest on diabetes, logged, registered as ``diabetes`` v1 @champion, loaded."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    X, y = diabetes()
+    model = RandomForestRegressor(n_estimators=10, random_state=0).fit(X, y)
+    with keel.start_run():
+        logged = keel.models.log_model(model, input_example=X.head(3))
+    api.register(logged.uri, "diabetes")
+    api.set_alias("diabetes", "champion", 1)
+    predictor, version = load_for_serving("models:/diabetes@champion")
+    assert version is not None
+    return predictor, version
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def service(served: tuple[Predictor, object]) -> AsyncIterator[httpx.AsyncClient]:
+    predictor, version = served
+    app = create_scoring_app(predictor, version=version)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://model") as client:
+        yield client
+
+
+async def test_records_and_columns_give_the_models_own_predictions(
+    service: httpx.AsyncClient, served: tuple[Predictor, object]
+) -> None:
+    X, _ = diabetes()
+    rows = X.head(25)
+    expected = served[0].raw.predict(rows)
+    by_records = await service.post("/predict", json={"records": rows.to_dict(orient="records")})
+    assert by_records.status_code == 200, by_records.text
+    np.testing.assert_allclose(by_records.json()["predictions"], expected)
+    by_columns = await service.post("/predict", json={"columns": rows.to_dict(orient="list")})
+    assert by_columns.status_code == 200, by_columns.text
+    np.testing.assert_allclose(by_columns.json()["predictions"], expected)
+    # columns in another order are put in the signature's
+    shuffled = rows[list(reversed(rows.columns))].to_dict(orient="list")
+    again = await service.post("/predict", json={"columns": shuffled})
+    np.testing.assert_allclose(again.json()["predictions"], expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"", "empty"),
+        (b"   ", "empty"),
+        (b'{"records": [{"age": 0.1,}]}', "not valid JSON"),
+        (b'[{"age": 0.1}]', '"records" or "columns"'),
+        (b'{"rows": []}', "['rows']"),
+        (b'{"records": []}', "non-empty list"),
+        (b'{"records": [1, 2]}', "record 0 is a int"),
+        (b'{"columns": {"age": 0.1}}', "column 'age' must be a list"),
+        (b'{"columns": {"age": [0.1], "bmi": [0.1, 0.2]}}', "differ in length"),
+    ],
+)
+async def test_a_malformed_body_is_a_422_saying_what(
+    service: httpx.AsyncClient, body: bytes, named: str
+) -> None:
+    response = await service.post("/predict", content=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_input"
+    assert named in response.json()["message"]
+
+
+async def test_a_missing_column_is_a_422_naming_it(service: httpx.AsyncClient) -> None:
+    X, _ = diabetes()
+    columns = X.head(2).drop(columns=["bmi"]).to_dict(orient="list")
+    response = await service.post("/predict", json={"columns": columns})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "schema_mismatch"
+    assert body["column"] == "bmi"
+    assert "'bmi' is missing" in body["message"]
+
+
+async def test_a_wrong_type_is_a_422_naming_the_column(service: httpx.AsyncClient) -> None:
+    X, _ = diabetes()
+    records = X.head(2).to_dict(orient="records")
+    records[1]["age"] = "forty"
+    response = await service.post("/predict", json={"records": records})
+    assert response.status_code == 422
+    assert response.json()["column"] == "age"
+    assert "should hold float" in response.json()["message"]
+
+
+async def test_a_record_lacking_a_field_is_refused_not_scored_as_nan(
+    service: httpx.AsyncClient,
+) -> None:
+    X, _ = diabetes()
+    records = X.head(3).to_dict(orient="records")
+    del records[2]["s1"]
+    response = await service.post("/predict", json={"records": records})
+    assert response.status_code == 422
+    assert response.json()["field"] == "records[2]"
+    assert "lacks 's1'" in response.json()["message"]
+
+
+async def test_health_ready_and_metadata(
+    service: httpx.AsyncClient, served: tuple[Predictor, object]
+) -> None:
+    assert (await service.get("/health")).json() == {"status": "ok"}
+    assert (await service.get("/ready")).json()["status"] == "ready"
+    meta = (await service.get("/metadata")).json()
+    assert meta["uri"] == "models:/diabetes@champion"
+    assert (meta["name"], meta["version"], meta["aliases"]) == ("diabetes", 1, ["champion"])
+    assert meta["flavor"] == "sklearn"
+    assert meta["digest"] == served[0].digest
+    names = [column["name"] for column in meta["signature"]["inputs"]]
+    assert names == list(diabetes()[0].columns)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_keel_serve_predicts_over_http(served: tuple[Predictor, object], home: Path) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "keel", "serve", "models:/diabetes@champion"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--log-level", "warning"],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "keel serve never became ready"
+            time.sleep(0.1)
+        X, _ = diabetes()
+        rows = X.head(5)
+        response = httpx.post(f"{base}/predict", json={"records": rows.to_dict("records")})
+        assert response.status_code == 200
+        np.testing.assert_allclose(response.json()["predictions"], served[0].raw.predict(rows))
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_keel_serve_of_an_unknown_model_is_one_red_line(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "keel", "serve", "models:/nothing/1", "--port", "1"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "nothing" in lines[0]
