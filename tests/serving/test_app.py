@@ -152,11 +152,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_keel_serve_predicts_over_http(served: tuple[Predictor, object], home: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_keel_serve_predicts_over_http(
+    served: tuple[Predictor, object], home: Path, workers: int
+) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "keel", "serve", "models:/diabetes@champion"]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"],
+        [*command, "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
         env=os.environ.copy(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -178,6 +181,14 @@ def test_keel_serve_predicts_over_http(served: tuple[Predictor, object], home: P
         response = httpx.post(f"{base}/predict", json={"records": rows.to_dict("records")})
         assert response.status_code == 200
         np.testing.assert_allclose(response.json()["predictions"], served[0].raw.predict(rows))
+        # keep-alive requests do not wait on a delayed ACK (~40 ms) with several workers either
+        with httpx.Client(base_url=base) as keep_alive:
+            took = []
+            for _ in range(15):
+                start = time.perf_counter()
+                keep_alive.get("/health").raise_for_status()
+                took.append(time.perf_counter() - start)
+        assert sorted(took)[len(took) // 2] < 0.025, took
     finally:
         process.terminate()
         process.wait(timeout=15)
