@@ -166,7 +166,9 @@ def test_keel_serve_predicts_over_http(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        # each worker imports Keel, sklearn and the model: seconds alone, far more under a
+        # loaded CI run (two workers took over 30 s there); a dead process fails at once above
+        deadline = time.monotonic() + 180
         while True:
             assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
             try:
