@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keel.data.profile_models import TableProfile
 from keel.data.version_models import DatasetVersion
-from keel.db import EngineStore, schema
+from keel.db import EngineStore, from_ms, now_ms, schema
 from keel.errors import NotFound, StorageError
 
 __all__ = ["DatasetRun", "DatasetSummary", "Lineage", "RunInput", "VersionStore"]
@@ -130,7 +130,7 @@ class VersionStore(EngineStore):
                     if latest is not None and (latest.digest, latest.kind) == (digest, kind):
                         return _version(name, latest), False
                     number = 1 if latest is None else latest.version + 1
-                    now = _now_ms()
+                    now = now_ms()
                     conn.execute(
                         _dv.insert().values(
                             dataset_id=dataset_id,
@@ -269,7 +269,7 @@ class VersionStore(EngineStore):
                 )
             inserted = conn.execute(
                 self._insert(_ri)
-                .values(run_id=run_id, version_id=version_id, context=context, created_at=_now_ms())
+                .values(run_id=run_id, version_id=version_id, context=context, created_at=now_ms())
                 .on_conflict_do_nothing()
             )
             return bool(inserted.rowcount)
@@ -332,7 +332,7 @@ class VersionStore(EngineStore):
         if found is not None or not create:
             return found
         conn.execute(
-            self._insert(_ds).values(name=name, created_at=_now_ms()).on_conflict_do_nothing()
+            self._insert(_ds).values(name=name, created_at=now_ms()).on_conflict_do_nothing()
         )
         return conn.execute(select(_ds.c.dataset_id).where(_ds.c.name == name)).scalar_one()
 
@@ -387,7 +387,7 @@ def _version(name: str, row: Any) -> DatasetVersion:
         profile=profile,
         source=row.source,
         run_id=row.run_id,
-        created_at=_time(row.created_at),
+        created_at=from_ms(row.created_at),
     )
 
 
@@ -399,7 +399,7 @@ def _run(row: Any, context: str | None, at_ms: int) -> DatasetRun:
         run_name=row.run_name,
         status=row.status,
         context=context,
-        at=_time(at_ms),
+        at=from_ms(at_ms),
     )
 
 
@@ -417,11 +417,3 @@ def _ranges(numbers: list[int]) -> str:
 
 def _safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _time(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

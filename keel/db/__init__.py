@@ -1,6 +1,14 @@
 """The metadata database: engine set-up, the schema, and migrations applied safely at open."""
 
-from keel.db.engine import EngineStore, dialect_insert, is_sqlite, make_engine, write_options
+from keel.db.engine import (
+    EngineStore,
+    dialect_insert,
+    from_ms,
+    is_sqlite,
+    make_engine,
+    now_ms,
+    write_options,
+)
 from keel.db.migrate import HEAD_REVISION, ensure_schema
 
 __all__ = [
@@ -8,7 +16,9 @@ __all__ = [
     "EngineStore",
     "dialect_insert",
     "ensure_schema",
+    "from_ms",
     "is_sqlite",
     "make_engine",
+    "now_ms",
     "write_options",
 ]

@@ -7,6 +7,8 @@ readers start a plain deferred transaction and never block writers in WAL mode.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,15 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["EngineStore", "dialect_insert", "is_sqlite", "make_engine", "write_options"]
+__all__ = [
+    "EngineStore",
+    "dialect_insert",
+    "from_ms",
+    "is_sqlite",
+    "make_engine",
+    "now_ms",
+    "write_options",
+]
 
 #: Execution options that mark a connection as a writer (``BEGIN IMMEDIATE`` on SQLite).
 WRITE = {"keel_write": True}
@@ -23,6 +33,16 @@ WRITE = {"keel_write": True}
 def write_options() -> dict[str, Any]:
     """Execution options for a connection that will write."""
     return dict(WRITE)
+
+
+def now_ms() -> int:
+    """Now, as the database's timestamp columns store it: milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def from_ms(ms: int) -> datetime:
+    """A timestamp column's milliseconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def dialect_insert(engine: Engine) -> Any:

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keel.db import EngineStore, schema
+from keel.db import EngineStore, from_ms, now_ms, schema
 from keel.errors import AlreadyExists, NotFound, PermissionDenied
 from keel.models.models import AuditEvent, ModelVersion, RegisteredModel, Signature
 
@@ -145,7 +143,7 @@ class ModelStore(EngineStore):
         """
         with self._write() as conn, conn.begin():
             self._insert_model(conn, name, actor=actor, description="")
-            now = _now_ms()
+            now = now_ms()
             counted = conn.execute(
                 update(_m)
                 .where(_m.c.name == name)
@@ -401,7 +399,7 @@ class ModelStore(EngineStore):
     ) -> int | None:
         """Upsert the alias and write its ``set_alias`` audit row; the model is locked."""
         previous = self._aliases(conn, model_id).get(alias)
-        now = _now_ms()
+        now = now_ms()
         upsert = self._insert(_a).values(
             model_id=model_id, alias=alias, version=version, updated_at=now, updated_by=actor
         )
@@ -456,7 +454,7 @@ class ModelStore(EngineStore):
         detail: Mapping[str, Any] | None = None,
     ) -> int | None:
         """Insert the model's row unless it exists; audited. Returns its id when inserted."""
-        now = _now_ms()
+        now = now_ms()
         inserted = conn.execute(
             self._insert(_m)
             .values(
@@ -479,7 +477,7 @@ class ModelStore(EngineStore):
         locked = conn.execute(
             update(_m)
             .where(_m.c.name == name)
-            .values(updated_at=_now_ms())
+            .values(updated_at=now_ms())
             .returning(_m.c.model_id, _m.c.description)
         ).first()
         if locked is None:
@@ -605,8 +603,8 @@ def _registered(row: Any, tags: dict[str, str], aliases: dict[str, int]) -> Regi
         tags=dict(tags),
         aliases=dict(aliases),
         latest_version=row.latest_version or None,
-        created_at=_time(row.created_at),
-        updated_at=_time(row.updated_at),
+        created_at=from_ms(row.created_at),
+        updated_at=from_ms(row.updated_at),
         created_by=row.created_by,
     )
 
@@ -623,7 +621,7 @@ def _model_version(name: str, row: Any, tags: dict[str, str], aliases: list[str]
         description=row.description,
         tags=dict(tags),
         aliases=sorted(aliases),
-        created_at=_time(row.created_at),
+        created_at=from_ms(row.created_at),
         created_by=row.created_by,
     )
 
@@ -638,7 +636,7 @@ def _event(row: Any) -> AuditEvent:
         actor=row.actor,
         reason=row.reason,
         detail=json.loads(row.detail),
-        at=_time(row.at),
+        at=from_ms(row.at),
     )
 
 
@@ -652,14 +650,6 @@ def _ranges(numbers: list[int]) -> str:
         else:
             parts.append(str(n))
     return ", ".join(parts)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _time(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def append_audit(
@@ -685,7 +675,7 @@ def append_audit(
             actor=actor,
             reason=reason,
             detail=json.dumps(dict(detail or {}), sort_keys=True),
-            at=_now_ms(),
+            at=now_ms(),
         )
         .returning(_audit.c.id)
     )

@@ -13,13 +13,11 @@ as its row (:func:`keel.models.store.append_audit`).
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from keel.db import EngineStore, schema
+from keel.db import EngineStore, from_ms, now_ms, schema
 from keel.errors import NotFound
 from keel.models.evaluation_models import Evaluation, GateVerdict, Task
 from keel.models.store import append_audit
@@ -77,7 +75,7 @@ class EvaluationStore(EngineStore):
                     task=task,
                     rows=rows,
                     metrics=json.dumps(document, sort_keys=True),
-                    created_at=_now_ms(),
+                    created_at=now_ms(),
                     created_by=actor,
                 )
                 .returning(*_e.c)
@@ -144,7 +142,7 @@ class EvaluationStore(EngineStore):
                     metric=metric,
                     passed=passed,
                     detail=json.dumps(detail, sort_keys=True),
-                    created_at=_now_ms(),
+                    created_at=now_ms(),
                     created_by=actor,
                 )
                 .returning(*_g.c)
@@ -202,7 +200,7 @@ def _evaluation(name: str, row: Any) -> Evaluation:
         rows=row.rows,
         metrics=document,
         detail=detail,
-        created_at=_time(row.created_at),
+        created_at=from_ms(row.created_at),
         created_by=row.created_by,
     )
 
@@ -217,14 +215,6 @@ def _verdict(name: str, row: Any) -> GateVerdict:
         metric=row.metric,
         passed=bool(row.passed),
         detail=json.loads(row.detail),
-        created_at=_time(row.created_at),
+        created_at=from_ms(row.created_at),
         created_by=row.created_by,
     )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _time(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)

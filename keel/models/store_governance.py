@@ -21,11 +21,11 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, select, update
 
-from keel.db import schema
+from keel.db import from_ms, now_ms, schema
 from keel.errors import Conflict, NotFound
 from keel.models.governance_models import AliasRequest, CheckResult, ModelCard, Policy
 from keel.models.models import ModelVersion
-from keel.models.store import ModelStore, _now_ms, _time, append_audit
+from keel.models.store import ModelStore, append_audit
 
 __all__ = ["Deciding", "GovernanceStore"]
 
@@ -79,7 +79,7 @@ class GovernanceStore(ModelStore):
         """
         with self._write() as conn, conn.begin():
             model_id = self._lock(conn, name).model_id
-            now = _now_ms()
+            now = now_ms()
             values = {
                 "protect": json.dumps(list(protect)),
                 "approvers": json.dumps(list(approvers)),
@@ -160,7 +160,7 @@ class GovernanceStore(ModelStore):
                     state="pending",
                     requested_by=actor,
                     reason=reason,
-                    created_at=_now_ms(),
+                    created_at=now_ms(),
                     checks=_checks_json(checks),
                 )
                 .returning(_r.c.request_id)
@@ -322,7 +322,7 @@ class GovernanceStore(ModelStore):
             values = {
                 "markdown": markdown,
                 "generated": generated,
-                "updated_at": _now_ms(),
+                "updated_at": now_ms(),
                 "updated_by": actor,
             }
             conn.execute(
@@ -371,7 +371,7 @@ class GovernanceStore(ModelStore):
                 "task": row.task,
                 "rows": row.rows,
                 "metrics": json.loads(row.metrics),
-                "created_at": _time(row.created_at),
+                "created_at": from_ms(row.created_at),
                 "created_by": row.created_by,
             }
             for row in rows
@@ -387,7 +387,7 @@ class GovernanceStore(ModelStore):
             approvers=json.loads(row.approvers),
             requires=json.loads(row.requires),
             require_card=bool(row.require_card),
-            updated_at=_time(row.updated_at),
+            updated_at=from_ms(row.updated_at),
             updated_by=row.updated_by,
         )
 
@@ -423,7 +423,7 @@ class GovernanceStore(ModelStore):
         values: dict[str, Any] = {
             "state": state,
             "decided_by": actor,
-            "decided_at": _now_ms(),
+            "decided_at": now_ms(),
             "decision_reason": reason,
         }
         if checks is not None:
@@ -460,7 +460,7 @@ class GovernanceStore(ModelStore):
                 .values(
                     state="cancelled",
                     decided_by=actor,
-                    decided_at=_now_ms(),
+                    decided_at=now_ms(),
                     decision_reason="the policy no longer protects the alias",
                 )
             )
@@ -484,9 +484,9 @@ def _alias_request(name: str, row: Any, approvers: list[str]) -> AliasRequest:
         state=row.state,
         requested_by=row.requested_by,
         reason=row.reason,
-        created_at=_time(row.created_at),
+        created_at=from_ms(row.created_at),
         decided_by=row.decided_by,
-        decided_at=_time(row.decided_at) if row.decided_at is not None else None,
+        decided_at=from_ms(row.decided_at) if row.decided_at is not None else None,
         decision_reason=row.decision_reason,
         checks=[CheckResult.model_validate(c) for c in json.loads(row.checks or "[]")],
         approvers=approvers,
@@ -499,6 +499,6 @@ def _card(name: str, row: Any) -> ModelCard:
         version=row.version,
         markdown=row.markdown,
         generated=bool(row.generated),
-        updated_at=_time(row.updated_at),
+        updated_at=from_ms(row.updated_at),
         updated_by=row.updated_by,
     )
