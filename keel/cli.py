@@ -33,6 +33,18 @@ LAZY_COMMANDS = {
     "remote": ("keel.data.cli_remote:remote", "Add, list and remove data remotes (push/pull)."),
     "models": ("keel.models.cli:models", "Register models, move aliases, diff and trace versions."),
     "serve": ("keel.serving.cli:serve", "Serve a model over HTTP: POST /predict (uvicorn)."),
+    "deploy": (
+        "keel.serving.deployments.cli:deploy",
+        "Deployments: canary, A/B and shadow traffic between model versions.",
+    ),
+    "batch-predict": (
+        "keel.serving.batch_cli:batch_predict",
+        "Score CSV or Parquet files in chunks into Parquet (local or Ray).",
+    ),
+    "worker": (
+        "keel.serving.worker_cli:worker",
+        "Score prediction requests from a Redis Stream (consumer group).",
+    ),
 }
 
 

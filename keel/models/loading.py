@@ -104,11 +104,28 @@ class Predictor:
             >>> model.predict({"age": [0.03], "bmi": [0.06]})  # doctest: +SKIP
             array([151.2])
         """
+        return self._predict(self.check(data))
+
+    def check(self, data: Any) -> Any:
+        """``data`` checked against the signature, as the model will take it (what
+        :meth:`predict` does before asking the model; :meth:`predict_checked` then scores it).
+
+        Split out for callers that check each request alone and score many at once (the
+        serving micro-batcher): a bad request is refused without costing the others.
+
+        Raises:
+            SchemaMismatch: as :meth:`predict`.
+        """
         if isinstance(data, Mapping) or (
             isinstance(data, list) and data and isinstance(data[0], Mapping)
         ):
             data = as_frame(data)
-        return self._predict(check(data, self.manifest.signature))
+        return check(data, self.manifest.signature)
+
+    def predict_checked(self, checked: Any) -> Any:
+        """Predictions for input that :meth:`check` returned (or several such DataFrames
+        concatenated): the model is asked without checking again."""
+        return self._predict(checked)
 
     def input_example(self) -> Any:
         """The input example logged with the model (a DataFrame or an array), or None."""
