@@ -1,0 +1,403 @@
+"""The Parquet files of prediction logs: rows to Arrow, files written, listed and read back.
+
+Private to :mod:`keel.serving.predlog` (its writer thread and its readers); split out to keep
+each module small. Conversion never fails on odd data: a column whose values have no common
+Arrow type (ints in one request, text in another) is written as text, and files whose columns
+differ (other model versions) are unified when read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any
+
+from keel.errors import MissingExtra, StorageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = [
+    "FEEDBACK_COLUMNS",
+    "HOUR_MS",
+    "PREDICTION_COLUMNS",
+    "ROWS",
+    "Sink",
+    "filesystem",
+    "read_rows",
+    "table_of",
+]
+
+PREDICTION_COLUMNS = (
+    "request_id",
+    "row",
+    "time",
+    "deployment",
+    "arm",
+    "model",
+    "version",
+    "role",
+    "latency_ms",
+    "error",
+)
+"""The columns every prediction row has; ``input.<feature>`` and ``output`` (or
+``output.<name>``) follow."""
+
+FEEDBACK_COLUMNS = ("request_id", "row", "time", "deployment", "label")
+"""The columns of a feedback (label) row."""
+
+HOUR_MS = 3_600_000
+
+ROWS = 10
+"""Where a buffered prediction keeps its row count. A buffered prediction is the tuple
+(request_id, time_ms, arm, model, version, role, inputs, outputs, latency_ms, error, rows); a
+buffered label is (request_id, row, label, time_ms)."""
+
+
+# -- storage -----------------------------------------------------------------------------------
+
+
+class Sink:
+    """Where the files go: a local folder (plain os calls, atomic rename) or an fsspec URL."""
+
+    def __init__(self, url: str) -> None:
+        self.fs, self.root = filesystem(url)
+        self.local = "file" in _protocols(self.fs)
+
+    def write(self, kind: str, deployment: str, hour: int, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        folder = _partition(self.root, kind, deployment, hour)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        name = f"{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        if not self.local:  # object stores write whole objects
+            self.fs.makedirs(folder, exist_ok=True)
+            with self.fs.open(f"{folder}/{name}", "wb") as out:
+                pq.write_table(table, out, compression="zstd")
+            return
+        os.makedirs(folder, exist_ok=True)
+        partial = os.path.join(folder, f".{name}.partial")  # readers skip names starting "."
+        try:
+            pq.write_table(table, partial, compression="zstd")
+            os.replace(partial, os.path.join(folder, name))
+        except BaseException:
+            if os.path.exists(partial):
+                os.unlink(partial)
+            raise
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, root = url_to_fs(url)
+    except ImportError as exc:
+        package = exc.name or str(exc)
+        extra = {"s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}.get(package, package)
+        raise MissingExtra(package, extra=extra) from None
+    return fs, str(root).rstrip("/")
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _partition(root: str, kind: str, deployment: str, hour: int) -> str:
+    label = datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H")
+    return f"{root}/{kind}/deployment={deployment}/hour={label}"
+
+
+# -- conversion to Arrow (on the writer thread) ------------------------------------------------
+
+
+def table_of(kind: str, batch: list[tuple[Any, ...]], deployment: str) -> pa.Table:
+    if kind == "feedback":
+        return _feedback_table(batch, deployment)
+    groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    for entry in batch:  # same input columns and output kind: one pandas.concat
+        inputs, outputs = entry[6], entry[7]
+        columns = None if inputs is None else tuple(inputs.columns)
+        groups[(columns, hasattr(outputs, "columns"))].append(entry)
+    return _concat([_group_table(group, deployment) for group in groups.values()])
+
+
+def _group_table(entries: list[tuple[Any, ...]], deployment: str) -> pa.Table:
+    import numpy as np
+    import pyarrow as pa
+
+    counts = np.fromiter((e[ROWS] for e in entries), dtype=np.int64, count=len(entries))
+    total = int(counts.sum())
+    take = np.repeat(np.arange(len(entries)), counts)
+    starts = np.cumsum(counts) - counts
+
+    def per_entry(at: int, kind: pa.DataType) -> pa.Array:
+        return pa.array([e[at] for e in entries], type=kind).take(take)
+
+    columns = {
+        "request_id": per_entry(0, pa.string()),
+        "row": pa.array(np.arange(total) - np.repeat(starts, counts), type=pa.int32()),
+        "time": per_entry(1, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "deployment": pa.array([deployment] * total, type=pa.string()),
+        "arm": per_entry(2, pa.string()),
+        "model": per_entry(3, pa.string()),
+        "version": per_entry(4, pa.int64()),
+        "role": per_entry(5, pa.string()),
+        "latency_ms": per_entry(8, pa.float64()),
+        "error": per_entry(9, pa.string()),
+    }
+    table = pa.table(columns)
+    if entries[0][6] is not None:
+        table = _append(table, _frames_table([e[6] for e in entries], "input."))
+    if hasattr(entries[0][7], "columns"):
+        return _append(table, _frames_table([e[7] for e in entries], "output."))
+    values = chain.from_iterable(_outputs(e[7], e[ROWS]) for e in entries)
+    return table.append_column("output", _array(list(values)))
+
+
+def _outputs(outputs: Any, rows: int) -> Iterable[Any]:
+    if outputs is None:
+        return repeat(None, rows)
+    if hasattr(outputs, "tolist"):  # an ndarray or a Series: numpy scalars become Python's
+        return outputs.tolist()
+    return outputs
+
+
+def _frames_table(frames: list[Any], prefix: str) -> pa.Table:
+    """One table of ``frames`` (same columns; dtypes may differ: concat widens them)."""
+    import pandas as pd
+
+    try:
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        return _frame_table(frame, prefix)
+    except Exception:  # e.g. a warning turned error, duplicate columns: frame by frame
+        return _concat([_frame_table(frame, prefix) for frame in frames])
+
+
+def _frame_table(frame: Any, prefix: str) -> pa.Table:
+    import pyarrow as pa
+
+    names = [f"{prefix}{name}" for name in frame.columns]
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        return table.replace_schema_metadata(None).rename_columns(names)
+    except (pa.ArrowException, ValueError, TypeError):  # a column mixing kinds of values
+        arrays = [_array(frame.iloc[:, at].tolist()) for at in range(frame.shape[1])]
+        return pa.table(arrays, names=names)
+
+
+def _append(table: pa.Table, other: pa.Table) -> pa.Table:
+    for name, column in zip(other.column_names, other.columns, strict=True):
+        table = table.append_column(name, column)
+    return table
+
+
+def _array(values: list[Any]) -> pa.Array:
+    """``values`` as one Arrow array, or as text when they have no common Arrow type."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        return _text(values)
+
+
+def _text(values: Iterable[Any]) -> pa.Array:
+    """Strings as they are, other values as JSON text, None as null."""
+    import pyarrow as pa
+
+    return pa.array([_as_text(value) for value in values], type=pa.string())
+
+
+def _as_text(value: Any) -> str | None:
+    import orjson
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value != value:
+        return None  # NaN: pandas' missing value
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:
+        return str(value)
+
+
+def _feedback_table(batch: list[tuple[Any, ...]], deployment: str) -> pa.Table:
+    import pyarrow as pa
+
+    labels = [entry[2] for entry in batch]
+    nested = any(isinstance(label, dict | list | tuple) for label in labels)
+    return pa.table(
+        {
+            "request_id": pa.array([e[0] for e in batch], type=pa.string()),
+            "row": pa.array([e[1] for e in batch], type=pa.int32()),
+            "time": pa.array([e[3] for e in batch], type=pa.int64()).cast(
+                pa.timestamp("ms", tz="UTC")
+            ),
+            "deployment": pa.array([deployment] * len(batch), type=pa.string()),
+            "label": _text(labels) if nested else _array(labels),
+        }
+    )
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table of ``tables`` whose columns may differ: missing columns become nulls, numbers
+    widen (int and float to float), and a column with no common type becomes text."""
+    import pyarrow as pa
+
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    kinds: dict[str, set[pa.DataType]] = defaultdict(set)
+    for table in tables:
+        for field in table.schema:
+            if not pa.types.is_null(field.type):
+                kinds[field.name].add(field.type)
+    clashing = {name for name, types in kinds.items() if not _unifiable(name, types)}
+    return pa.concat_tables(
+        [_as_text_columns(table, clashing) for table in tables], promote_options="permissive"
+    )
+
+
+def _unifiable(name: str, types: set[pa.DataType]) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.unify_schemas(
+            [pa.schema([(name, kind)]) for kind in types], promote_options="permissive"
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _as_text_columns(table: pa.Table, names: set[str]) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for at, name in enumerate(table.column_names):
+        if name not in names:
+            continue
+        column = table.column(at)
+        try:
+            if pa.types.is_nested(column.type) or pa.types.is_binary(column.type):
+                raise pa.ArrowNotImplementedError("JSON instead")
+            text = pc.cast(column, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            text = pa.chunked_array([_text(column.to_pylist())], type=pa.string())
+        table = table.set_column(at, name, text)
+    return table
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _prediction_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    text, stamp = pa.string(), pa.timestamp("ms", tz="UTC")
+    kinds = [text, pa.int32(), stamp, text, text, text, pa.int64(), text, pa.float64(), text]
+    return pa.schema(list(zip(PREDICTION_COLUMNS, kinds, strict=True)))
+
+
+def _feedback_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    kinds = [pa.string(), pa.int32(), pa.timestamp("ms", tz="UTC"), pa.string(), pa.string()]
+    return pa.schema(list(zip(FEEDBACK_COLUMNS, kinds, strict=True)))
+
+
+def read_rows(
+    url: str, kind: str, deployment: str, since_ms: int | None, until_ms: int | None
+) -> pd.DataFrame:
+    """The rows of ``kind`` (``predictions`` or ``feedback``) of ``deployment`` with
+    ``since_ms <= time <= until_ms``, sorted by time: base columns first, then inputs, then
+    outputs. Only hour folders overlapping the range are read, several files at once."""
+    import pyarrow.compute as pc
+
+    fs, root = filesystem(url)
+    local = "file" in _protocols(fs)
+    files = list(_files(fs, f"{root}/{kind}/deployment={deployment}", since_ms, until_ms))
+    base = _prediction_schema() if kind == "predictions" else _feedback_schema()
+    if not files:
+        return _frame(base.empty_table())
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+        tables = list(pool.map(lambda path: _read_file(fs, local, path, since_ms, until_ms), files))
+    table = _concat(tables)
+    table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
+    names = table.column_names
+    inputs = [name for name in names if name.startswith("input.")]
+    rest = [name for name in names if name not in base.names and name not in inputs]
+    return _frame(table.select([name for name in base.names if name in names] + inputs + rest))
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    if "version" in frame.columns:  # null for runs:/ models: keep it an integer
+        frame["version"] = frame["version"].astype("Int64")
+    return frame
+
+
+def _files(fs: Any, folder: str, since_ms: int | None, until_ms: int | None) -> Iterator[str]:
+    """Parquet files of the hour folders overlapping [since, until], oldest hour first."""
+    try:
+        hours = sorted(fs.ls(folder, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for path in hours:
+        start = _hour_start(path.rstrip("/").rsplit("/", 1)[-1])
+        if start is None:
+            continue
+        if since_ms is not None and start + HOUR_MS <= since_ms:
+            continue
+        if until_ms is not None and start > until_ms:
+            continue
+        names = sorted(fs.ls(path, detail=False))
+        for name in names:
+            base = name.rsplit("/", 1)[-1]
+            if base.endswith(".parquet") and not base.startswith((".", "_")):
+                yield name
+
+
+def _hour_start(name: str) -> int | None:
+    if not name.startswith("hour="):
+        return None
+    try:
+        hour = datetime.strptime(name[5:], "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(hour.timestamp()) * 1000
+
+
+def _read_file(
+    fs: Any, local: bool, path: str, since_ms: int | None, until_ms: int | None
+) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    stamp = pa.timestamp("ms", tz="UTC")
+    condition = None
+    if since_ms is not None:
+        condition = ds.field("time") >= pa.scalar(since_ms, type=stamp)
+    if until_ms is not None:
+        before = ds.field("time") <= pa.scalar(until_ms, type=stamp)
+        condition = before if condition is None else condition & before
+    try:
+        table = pq.read_table(path, filesystem=None if local else fs, filters=condition)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(
+            f"cannot read the prediction log file {path}: {exc}; move it aside if it is damaged",
+            path=path,
+        ) from None
+    return table.replace_schema_metadata(None)
