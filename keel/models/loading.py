@@ -44,7 +44,7 @@ from keel.settings import Settings
 from keel.tracking import fluent
 from keel.tracking.remote import TrackingClient
 
-__all__ = ["CACHE_FOLDER", "Predictor", "load", "load_version"]
+__all__ = ["CACHE_FOLDER", "Predictor", "load", "load_folder", "load_version"]
 
 CACHE_FOLDER = "models"
 """Loaded models live in ``<home>/models/<digest>/``."""
@@ -226,15 +226,60 @@ def load_version(
     return _open(folder, uri or version.uri)
 
 
-def _open(folder: Path, uri: str) -> Predictor:
-    """The model in a complete cache folder, through its flavor."""
+def load_folder(path: str | Path, *, digest: str | None = None) -> Predictor:
+    """Load a model from a plain local folder holding its files and ``keel-model.json`` (an
+    exported model, or a copy of a cache folder), without a store or a registry.
+
+    The files are hashed as the cache's are: with ``digest`` (e.g. the registered version's),
+    a folder whose files hash to anything else is refused; without it, the digest they hash
+    to becomes the predictor's ``digest``.
+
+    Args:
+        path: the model's folder.
+        digest: what its files must hash to (:func:`keel.models.packaging.local_folder_digest`).
+
+    Returns:
+        A :class:`Predictor` whose ``uri`` is the folder's absolute path.
+
+    Raises:
+        InvalidInput: the path is not a folder, or holds no valid ``keel-model.json``.
+        StorageError: the files hash to another digest than ``digest`` (they were changed
+            after the model was exported), or one cannot be read.
+        MissingExtra: the model's framework is not installed.
+
+    Example:
+        >>> model = load_folder("build/model")
+        >>> model.predict(X.head())  # doctest: +SKIP
+    """
+    folder = Path(path).absolute()
+    if not (folder / MANIFEST_FILE).is_file():
+        found = "has no " + MANIFEST_FILE if folder.is_dir() else "is not a folder"
+        raise InvalidInput(
+            f"{folder} {found}: a Keel model folder holds {MANIFEST_FILE} beside the model's "
+            "files (keel models export writes one)",
+            path=str(folder),
+        )
+    written = local_folder_digest(folder)
+    if digest is not None and written != digest:
+        raise StorageError(
+            f"the model files in {folder} were changed: they hash to {written}, the model "
+            f"exported was {digest}; export the model again",
+            expected=digest,
+            actual=written,
+        )
+    return _open(folder, str(folder), digest=written)
+
+
+def _open(folder: Path, uri: str, *, digest: str | None = None) -> Predictor:
+    """The model in a complete folder, through its flavor; ``digest`` defaults to the folder's
+    name (a cache folder is named by its digest)."""
     manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=uri)
     flavor = get_flavor(manifest.flavor)
     raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
     return Predictor(
         uri=uri,
         manifest=manifest,
-        digest=folder.name,
+        digest=digest or folder.name,
         path=folder,
         raw=raw,
         predict=flavor.predictor(raw, folder),
