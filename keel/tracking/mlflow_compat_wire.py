@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from keel.db import now_ms
 from keel.errors import (
     AlreadyExists,
     Conflict,
@@ -169,10 +170,6 @@ def keep_alive(request: Request, run_id: str) -> None:
         beats.clear()
     client.heartbeat(run_id)
     beats[run_id] = now
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- requests ----------------------------------------------------------------------------------

@@ -6,13 +6,12 @@ SQLite), so concurrent processes queue on the busy timeout instead of failing.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, select
 
-from keel.db import EngineStore, schema
+from keel.db import EngineStore, now_ms, schema
 from keel.errors import InvalidInput, NotFound
 
 __all__ = [
@@ -27,10 +26,6 @@ __all__ = [
 
 MAX_KEY_LENGTH = 250
 IN_CHUNK = 500  # ids per IN (...) when reading many runs
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MetricPoint(NamedTuple):

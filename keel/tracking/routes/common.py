@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import Depends, Path
 
+from keel.db import now_ms
 from keel.tracking.models import INT32_MAX, MAX_NAME_LENGTH
 from keel.tracking.service import TrackingService, service_of
 
 __all__ = ["ClientDep", "ExperimentIdPath", "NameText", "RunIdPath", "now_ms"]
 
 NO_NUL = r"^[^\x00]*$"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 ClientDep = Annotated[TrackingService, Depends(service_of)]
