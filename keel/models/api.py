@@ -17,7 +17,7 @@ for now and refuse a tracking server with :class:`~keel.errors.InvalidInput`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 
 from pydantic import ValidationError
@@ -37,7 +37,12 @@ from keel.models.models import (
     ModelVersion,
     RegisteredModel,
 )
-from keel.models.packaging import read_manifest
+from keel.models.packaging import (
+    folder_digest,
+    folder_entries,
+    folder_files,
+    read_manifest_of,
+)
 from keel.models.registry_governance import RegistryGovernance
 from keel.models.remote import RemoteRegistry
 from keel.models.store import VersionReference
@@ -52,6 +57,7 @@ from keel.models.uris import (
 )
 from keel.settings import Settings
 from keel.tracking.api import Client
+from keel.tracking.models import ArtifactEntry
 from keel.tracking.source import current_user
 
 __all__ = [
@@ -176,8 +182,11 @@ class Registry(RegistryGovernance):
             )
         checked_tags = _check_tags(tags)
         self.client.get_run(source.run_id)  # NotFound names the run
-        manifest, digest = read_manifest(source.run_id, source.path, client=self.client)
-        self._keep_folder_manifest(source, digest)
+        entries = folder_entries(
+            self.client.list_artifacts(source.run_id, source.path), source.path
+        )
+        manifest = read_manifest_of(source.run_id, source.path, entries, client=self.client)
+        digest = self.keep_folder(entries, source.path)
         return self.store.create_version(
             name,
             source=str(source),
@@ -190,20 +199,14 @@ class Registry(RegistryGovernance):
             tags=checked_tags,
         )
 
-    def _keep_folder_manifest(self, source: RunsUri, digest: str) -> None:
-        """Store the folder's manifest object unless it is there, so the version's digest
-        names a listing gc can follow to the files once the run is gone."""
-        if self.artifacts.exists(digest):
-            return
-        prefix = f"{source.path}/"
-        files = {
-            entry.path[len(prefix) :]: (entry.digest, entry.size)
-            for entry in self.client.list_artifacts(source.run_id, source.path)
-            if entry.path.startswith(prefix)
-        }
-        stored = self.artifacts.put_bytes(manifest_bytes(files))
-        if stored.digest != digest:  # pragma: no cover - read_manifest computed the same bytes
-            raise StorageError(f"the folder manifest of {source} hashes to {stored.digest}")
+    def keep_folder(self, entries: Sequence[ArtifactEntry], path: str) -> str:
+        """The digest of folder ``path`` among a run's artifact ``entries``, its manifest object
+        stored unless it is there, so a version's digest names a listing gc can follow to the
+        files once the run is gone."""
+        digest = folder_digest(entries, path)
+        if not self.artifacts.exists(digest):
+            self.artifacts.put_bytes(manifest_bytes(folder_files(entries, path)))
+        return digest
 
     # -- reading ----------------------------------------------------------------------------
 

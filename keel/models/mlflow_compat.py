@@ -29,16 +29,13 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keel.artifacts.models import manifest_bytes
 from keel.errors import InvalidInput, NotFound, PermissionDenied
 from keel.models.api import Registry
 from keel.models.governance_models import AliasRequest as PendingRequest
 from keel.models.models import MANIFEST_FILE, ModelVersion, RegisteredModel
-from keel.models.packaging import folder_digest
 from keel.models.routing import ReaderDep, WriterDep, note, tracking_of
 from keel.models.uris import LATEST, RunsUri, check_model_name, parse_model_uri
 from keel.tracking.mlflow_compat_wire import Empty, KeyValue, MlflowRoute, error_response
-from keel.tracking.models import ArtifactEntry
 
 __all__ = ["MLFLOW_FLAVOR", "MLMODEL_FILE", "register_folder", "router", "runs_uri_of"]
 
@@ -272,7 +269,7 @@ def register_folder(
             f"{source} is not a model folder: it has neither {MANIFEST_FILE} nor {MLMODEL_FILE}",
             uri=str(source),
         )
-    digest = _keep_folder(registry, entries, source.path)
+    digest = registry.keep_folder(entries, source.path)
     return registry.store.create_version(
         name,
         source=str(source),
@@ -284,17 +281,6 @@ def register_folder(
         description=description,
         tags=tags,
     )
-
-
-def _keep_folder(registry: Registry, entries: Sequence[ArtifactEntry], path: str) -> str:
-    digest = folder_digest(entries, path)
-    if not registry.artifacts.exists(digest):
-        prefix = f"{path}/"
-        files = {
-            e.path[len(prefix) :]: (e.digest, e.size) for e in entries if e.path.startswith(prefix)
-        }
-        registry.artifacts.put_bytes(manifest_bytes(files))
-    return digest
 
 
 # -- registered models ---------------------------------------------------------------------------

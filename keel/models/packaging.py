@@ -254,17 +254,21 @@ def folder_entries(entries: Sequence[ArtifactEntry], path: str) -> list[Artifact
     return [entry for entry in entries if entry.path.startswith(prefix)]
 
 
+def folder_files(entries: Sequence[ArtifactEntry], path: str) -> dict[str, tuple[str, int]]:
+    """The files of folder ``path`` among a run's artifact ``entries``: relative path ->
+    (digest, size), what the folder's artifact manifest lists."""
+    prefix = path + "/"
+    return {
+        entry.path[len(prefix) :]: (entry.digest, entry.size)
+        for entry in entries
+        if entry.path.startswith(prefix)
+    }
+
+
 def folder_digest(entries: Sequence[ArtifactEntry], path: str) -> str:
     """The digest of folder ``path``: BLAKE3 of the canonical artifact manifest of its files
     (what ``ArtifactStore.put_dir`` returns for the same files)."""
-    prefix = path + "/"
-    return _digest_of(
-        {
-            entry.path[len(prefix) :]: (entry.digest, entry.size)
-            for entry in entries
-            if entry.path.startswith(prefix)
-        }
-    )
+    return _digest_of(folder_files(entries, path))
 
 
 def local_folder_digest(folder: Path) -> str:
