@@ -1,4 +1,4 @@
-"""``keel models``: list, show, register, alias, tag, diff, lineage and history.
+"""``keel models``: list, show, register, alias, tag, diff, lineage, history and export.
 
 Each command calls one function of :mod:`keel.models.api` and prints with rich, or JSON with
 ``--json`` for the listing commands. Versions are written ``NAME/3`` or ``NAME@champion``
@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from keel.lazy_cli import LazyGroup
 from keel.models import api
 from keel.models.cli_eval import mount as mount_evaluation
 from keel.models.cli_governance import mount as mount_governance
@@ -38,7 +39,16 @@ approval and the alias did not move."""
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-@click.group()
+#: subcommand -> "module:attribute", imported on first use (serving sits above models)
+LAZY_COMMANDS = {
+    "export": (
+        "keel.serving.export_cli:export",
+        "Export a model as a wheel, a Docker build context or an AWS Lambda package.",
+    ),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 def models() -> None:
     """Register logged models, move their aliases, compare and trace versions.
 
