@@ -1,0 +1,587 @@
+"""``keel worker``: score prediction requests from a Redis Stream in a consumer group.
+
+Each read takes up to ``batch`` new entries (``XREADGROUP ... >``); every request is parsed and
+checked against the signature alone (a bad one gets an error reply and costs no one else), the
+requests whose checked columns match are scored in one ``predict`` call, and each reply is
+written by one Lua script that, atomically, checks the entry is still pending for this consumer,
+adds the reply to its reply stream and acknowledges (and by default deletes) the request. So:
+
+- a worker killed before the script ran leaves the entry pending: another worker claims it once
+  it has been idle ``claim_idle_ms`` (``XAUTOCLAIM``, at start and periodically) and answers it;
+- a reply is never written twice for one entry: a slow worker whose entries were claimed meanwhile
+  finds them no longer its own and writes nothing;
+- an entry delivered more than ``max_deliveries`` times (workers died holding it: a poison
+  request) is answered with an error and acknowledged, never retried forever; entries delivered
+  before are scored one by one, so a poison request takes only itself down.
+
+The wire format and the client live in :mod:`keel.serving.worker_client` (re-exported here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from keel.errors import InvalidInput, KeelError
+from keel.models.api import get_version
+from keel.models.loading import Predictor, load, load_version
+from keel.models.models import ModelVersion
+from keel.models.uris import ModelsUri, parse_model_uri
+from keel.serving.bodies import frame_from_body, predictions_json
+from keel.serving.worker_client import (
+    BrokerClient,
+    Reply,
+    connect,
+    default_reply_stream,
+    submit,
+    wait_reply,
+)
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+__all__ = [
+    "BrokerClient",
+    "Reply",
+    "Worker",
+    "WorkerOptions",
+    "WorkerStats",
+    "default_consumer",
+    "run_worker",
+    "submit",
+    "wait_reply",
+]
+
+log = logging.getLogger("keel.worker")
+
+_ANSWER = """
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #mine == 0 then return 0 end
+local add = {'XADD', KEYS[2]}
+if tonumber(ARGV[4]) > 0 then
+  table.insert(add, 'MAXLEN'); table.insert(add, '~'); table.insert(add, ARGV[4])
+end
+table.insert(add, '*')
+for i = 7, #ARGV do table.insert(add, ARGV[i]) end
+redis.call(unpack(add))
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[6] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
+return 1
+"""
+"""KEYS: request stream, reply stream. ARGV: group, consumer, entry id, reply MAXLEN (0: none),
+reply TTL in seconds (0: none), delete the request (1/0), then the reply's field/value pairs."""
+
+_MAX_BACKOFF_S = 30.0
+_STATS_EVERY_S = 60.0
+
+
+def default_consumer() -> str:
+    """A consumer name unique to this process: ``HOST-PID``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker consumes its stream (the ``keel worker`` options).
+
+    Attributes:
+        stream: the request stream.
+        group: the consumer group (created at the stream's start when missing).
+        consumer: this worker's name in the group; unique per process.
+        batch: entries per read, scored together where their columns match.
+        block_ms: how long one read waits for new entries (also how soon a stop is noticed
+            when idle).
+        claim_idle_ms: entries pending this long on another consumer are claimed; keep it
+            above the longest batch's scoring time.
+        reply_stream: where replies go for requests naming no ``reply_to``.
+        reply_maxlen: replies kept per reply stream (approximate trim; 0 keeps all).
+        reply_ttl_s: a reply stream expires this long after its last reply (0: never).
+        max_deliveries: an entry delivered more often gets an error reply instead.
+        keep_requests: leave answered requests in the stream (acknowledged) instead of
+            deleting them.
+    """
+
+    stream: str
+    group: str = "keel"
+    consumer: str = field(default_factory=default_consumer)
+    batch: int = 64
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    reply_stream: str | None = None
+    reply_maxlen: int = 100_000
+    reply_ttl_s: int = 86_400
+    max_deliveries: int = 3
+    keep_requests: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("stream", "group", "consumer"):
+            if not getattr(self, name):
+                raise InvalidInput(f"the {name} name is empty", field=name)
+        if self.batch < 1 or self.block_ms < 1 or self.claim_idle_ms < 1:
+            raise InvalidInput("batch, block_ms and claim_idle_ms must be at least 1")
+        if self.max_deliveries < 1:
+            raise InvalidInput("max_deliveries must be at least 1", field="max_deliveries")
+
+    @property
+    def replies(self) -> str:
+        return self.reply_stream or default_reply_stream(self.stream)
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did (``Worker.stats``; logged every minute and at exit)."""
+
+    answered: int = 0
+    errors: int = 0
+    predict_calls: int = 0
+    claimed: int = 0
+    poison: int = 0
+    lost_to_others: int = 0
+
+
+@dataclass
+class _Request:
+    """One entry being answered: its checked frame, then its predictions or its error."""
+
+    entry: bytes
+    request_id: str
+    reply_to: str
+    frame: Any = None
+    predictions: list[Any] | None = None
+    error: KeelError | None = None
+
+
+class Worker:
+    """Consumes one stream with one loaded model until told to stop.
+
+    Example:
+        >>> stop = threading.Event()
+        >>> worker = Worker(keel.models.load(uri), connect(url), WorkerOptions(stream="scoring"))
+        >>> threading.Thread(target=worker.run, args=(stop,)).start()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        redis: Redis,
+        options: WorkerOptions,
+        *,
+        version: ModelVersion | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.redis = redis
+        self.options = options
+        self.stats = WorkerStats()
+        self.model = f"{version.name}/{version.version}" if version else predictor.uri
+        self._answer = redis.register_script(_ANSWER)
+        self._where = _where(redis)
+
+    def run(self, stop: threading.Event) -> WorkerStats:
+        """Consume until ``stop`` is set; the batch in hand is answered first.
+
+        Redis unreachable: a warning, then retries with backoff (0.5 s doubling to 30 s).
+
+        Raises:
+            KeelError: the stream key holds something else than a stream, or Redis refuses
+                the credentials.
+        """
+        from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay, prepared, next_claim, next_stats = 0.5, False, 0.0, time.monotonic()
+        reported = WorkerStats()
+        while not stop.is_set():
+            try:
+                if not prepared:
+                    self._prepare(stop)
+                    prepared, delay = True, 0.5
+                    next_claim = time.monotonic() + self._claim_every
+                if time.monotonic() >= next_claim:
+                    self.recover(stop)
+                    next_claim = time.monotonic() + self._claim_every
+                self.step()
+            except AuthenticationError as exc:
+                raise KeelError(f"Redis at {self._where} refused the credentials: {exc}") from None
+            except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
+                log.warning(
+                    "cannot reach Redis at %s (%s); retrying in %.1f s", self._where, exc, delay
+                )
+                prepared = False
+                stop.wait(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise KeelError(f"Redis refused a command on {self._where}: {exc}") from None
+                log.warning("the consumer group is gone (Redis lost its data?); creating it again")
+                prepared = False
+            if time.monotonic() >= next_stats:
+                reported = self._report(reported)
+                next_stats = time.monotonic() + _STATS_EVERY_S
+        return self.stats
+
+    @property
+    def _claim_every(self) -> float:
+        """Seconds between claims of dead consumers' entries: half the idle time, 0.1-60 s."""
+        return min(max(self.options.claim_idle_ms / 2000, 0.1), 60.0)
+
+    def _prepare(self, stop: threading.Event) -> None:
+        """Create the group when missing, answer this consumer's own pending entries (a
+        restart under the same name), then claim dead consumers' ones."""
+        self.ensure_group()
+        options = self.options
+        last = b"0-0"
+        while not stop.is_set():
+            read: Any = self.redis.xreadgroup(
+                options.group, options.consumer, {options.stream: last}, count=options.batch
+            )
+            entries = read[0][1] if read else []
+            if not entries:
+                break
+            self._handle(entries, redelivered=True)
+            last = entries[-1][0]
+        self.recover(stop)
+
+    def ensure_group(self) -> None:
+        """Create the consumer group at the stream's start (and the stream) when missing.
+
+        Raises:
+            InvalidInput: the stream's key holds another type.
+        """
+        from redis.exceptions import ResponseError
+
+        try:
+            self.redis.xgroup_create(self.options.stream, self.options.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return
+            if "WRONGTYPE" in str(exc):
+                raise InvalidInput(
+                    f"the key {self.options.stream!r} on {self._where} is not a stream",
+                    field="stream",
+                ) from None
+            raise
+
+    def step(self) -> int:
+        """Read up to ``batch`` new entries (waiting up to ``block_ms``) and answer them.
+
+        Returns:
+            How many entries were read.
+        """
+        options = self.options
+        read: Any = self.redis.xreadgroup(
+            options.group,
+            options.consumer,
+            {options.stream: ">"},
+            count=options.batch,
+            block=options.block_ms,
+        )
+        entries = read[0][1] if read else []
+        if entries:
+            self._handle(entries)
+        return len(entries)
+
+    def recover(self, stop: threading.Event | None = None) -> int:
+        """Claim the entries pending longer than ``claim_idle_ms`` (their consumer died or
+        hangs) and answer them one by one; too often delivered ones get an error reply.
+
+        Returns:
+            How many entries were claimed.
+        """
+        options = self.options
+        start: Any = "0-0"
+        total = 0
+        while stop is None or not stop.is_set():
+            claim: Any = self.redis.xautoclaim(
+                options.stream,
+                options.group,
+                options.consumer,
+                min_idle_time=options.claim_idle_ms,
+                start_id=start,
+                count=options.batch,
+            )
+            start, entries = claim[0], claim[1]
+            if entries:
+                total += len(entries)
+                log.info(
+                    "claimed %d requests pending over %d ms", len(entries), options.claim_idle_ms
+                )
+                self._handle(entries, redelivered=True)
+            if start in (b"0-0", "0-0"):
+                break
+        self.stats.claimed += total
+        return total
+
+    def _handle(self, entries: Sequence[tuple[bytes, Any]], *, redelivered: bool = False) -> None:
+        """Answer ``entries``: those delivered before one by one, the rest in column groups."""
+        live = [(entry, fields) for entry, fields in entries if fields]
+        gone = [entry for entry, fields in entries if not fields]
+        if gone:  # deleted while pending: nothing to answer
+            self.redis.xack(self.options.stream, self.options.group, *gone)
+        if not live:
+            return
+        requests = [self._parse(entry, fields) for entry, fields in live]
+        if redelivered:
+            self._mark_poison(requests)
+        todo = [r for r in requests if r.error is None]
+        groups = [[r] for r in todo] if redelivered else _by_columns(todo)
+        for group in groups:
+            self._score(group)
+        self._write(requests)
+
+    def _parse(self, entry: bytes, fields: dict[bytes, bytes]) -> _Request:
+        """The request in one entry, checked against the signature (or its error)."""
+        request_id = fields.get(b"id", entry).decode("utf-8", "replace")
+        reply_to = fields.get(b"reply_to", b"").decode("utf-8", "replace")
+        request = _Request(entry, request_id, reply_to or self.options.replies)
+        body = fields.get(b"body")
+        if body is None:
+            request.error = InvalidInput(
+                'the request has no "body" field: send body={"records": [...]} or '
+                'body={"columns": {...}}',
+                field="body",
+            )
+            return request
+        content_type = fields.get(b"content_type", b"").decode("latin-1")
+        try:
+            request.frame = self.predictor.check(frame_from_body(body, content_type))
+        except KeelError as exc:
+            request.error = exc
+        except Exception as exc:  # a body that breaks the parser must not stop the worker
+            log.exception("request %s could not be read", request_id)
+            request.error = InvalidInput(f"the request cannot be read: {exc}", field="body")
+        return request
+
+    def _mark_poison(self, requests: list[_Request]) -> None:
+        """Error replies for entries delivered more than ``max_deliveries`` times."""
+        entries = [r.entry for r in requests]
+        pending: Any = self.redis.xpending_range(
+            self.options.stream,
+            self.options.group,
+            min=min(entries, key=_entry_order),
+            max=max(entries, key=_entry_order),
+            count=len(entries) + 1000,
+            consumername=self.options.consumer,
+        )
+        delivered = {row["message_id"]: row["times_delivered"] for row in pending}
+        limit = self.options.max_deliveries
+        for request in requests:
+            times = delivered.get(request.entry, 0)
+            if times > limit and request.error is None:
+                self.stats.poison += 1
+                log.warning(
+                    "request %s was delivered %d times: answering it with an error",
+                    request.request_id,
+                    times,
+                )
+                request.error = KeelError(
+                    f"the request was delivered {times} times (more than {limit}) and no worker "
+                    "answered it: workers stopped while scoring it (out of memory? a crash in "
+                    "the model?)",
+                    deliveries=times,
+                )
+
+    def _score(self, group: list[_Request]) -> None:
+        """Predictions for ``group`` in one call; if it fails, each request alone."""
+        try:
+            frame = group[0].frame if len(group) == 1 else _concat([r.frame for r in group])
+            self.stats.predict_calls += 1
+            rows = predictions_json(self.predictor.predict_checked(frame))
+            if len(rows) != len(frame):
+                raise KeelError(f"the model returned {len(rows)} predictions for {len(frame)} rows")
+        except Exception as exc:
+            if len(group) > 1:
+                for request in group:
+                    self._score([request])
+                return
+            group[0].error = _model_error(exc, group[0].request_id)
+            return
+        offset = 0
+        for request in group:
+            size = len(request.frame)
+            request.predictions = rows[offset : offset + size]
+            offset += size
+
+    def _write(self, requests: list[_Request]) -> None:
+        """Each reply, then the ack, atomically per entry (one round trip for all)."""
+        options = self.options
+        delete = "0" if options.keep_requests else "1"
+        pipe = self.redis.pipeline(transaction=False)
+        for request in requests:
+            args: list[Any] = [options.group, options.consumer, request.entry, options.reply_maxlen]
+            args += [options.reply_ttl_s, delete, *self._reply_fields(request)]
+            self._answer(keys=[options.stream, request.reply_to], args=args, client=pipe)
+        written = pipe.execute()
+        for request, done in zip(requests, written, strict=True):
+            if not done:
+                self.stats.lost_to_others += 1
+                log.warning(
+                    "request %s was claimed by another worker while this one scored it "
+                    "(raise --claim-idle-ms above the scoring time); its reply is theirs",
+                    request.request_id,
+                )
+            elif request.error is not None:
+                self.stats.errors += 1
+            self.stats.answered += 1 if done else 0
+
+    def _reply_fields(self, request: _Request) -> list[Any]:
+        fields: list[Any] = ["id", request.request_id, "entry", request.entry]
+        if request.error is None:
+            fields += ["status", "ok", "predictions", orjson.dumps(request.predictions)]
+        else:
+            fields += ["status", "error", "error", orjson.dumps(request.error.to_dict())]
+        fields += ["model", self.model, "digest", self.predictor.digest]
+        return [*fields, "worker", self.options.consumer]
+
+    def _report(self, before: WorkerStats) -> WorkerStats:
+        now = self.stats
+        if now.answered != before.answered:
+            log.info(
+                "answered %d requests (%d errors) since the last report; %d in all",
+                now.answered - before.answered,
+                now.errors - before.errors,
+                now.answered,
+            )
+        return WorkerStats(**vars(now))
+
+
+def _by_columns(requests: list[_Request]) -> list[list[_Request]]:
+    """Requests grouped by their checked frame's columns and types (one predict each)."""
+    groups: dict[Any, list[_Request]] = {}
+    for request in requests:
+        frame = request.frame
+        if hasattr(frame, "columns"):
+            key: Any = (tuple(frame.columns), tuple(map(str, frame.dtypes)))
+        else:  # an array signature
+            key = (str(getattr(frame, "dtype", "")), tuple(getattr(frame, "shape", ()))[1:])
+        groups.setdefault(key, []).append(request)
+    return list(groups.values())
+
+
+def _concat(frames: list[Any]) -> Any:
+    if hasattr(frames[0], "columns"):
+        import pandas as pd
+
+        return pd.concat(frames, ignore_index=True)
+    import numpy as np
+
+    return np.concatenate(frames)
+
+
+def _model_error(exc: Exception, request_id: str) -> KeelError:
+    if isinstance(exc, KeelError):
+        return exc
+    if isinstance(exc, ValueError | TypeError):  # the model refused what the signature allowed
+        return InvalidInput(f"the model refused the input: {exc}")
+    log.exception("the model failed on request %s", request_id)
+    return KeelError(f"the model failed on this request: {type(exc).__name__}: {exc}")
+
+
+def _entry_order(entry: bytes) -> tuple[int, int]:
+    millis, _, sequence = entry.partition(b"-")
+    return int(millis), int(sequence or 0)
+
+
+def _where(redis: Redis) -> str:
+    """The server a client talks to, without credentials: ``HOST:PORT/DB`` or the socket."""
+    kwargs = redis.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def load_model(uri: str) -> tuple[Predictor, ModelVersion | None]:
+    """The model at ``uri`` and, for ``models:/`` URIs, the version it resolved to (once).
+
+    Raises:
+        KeelError: the URI is malformed or names nothing loadable.
+    """
+    parsed = parse_model_uri(uri)
+    if isinstance(parsed, ModelsUri):
+        version = get_version(parsed.name, parsed.selector)
+        return load_version(version, uri=uri), version
+    return load(uri), None
+
+
+def run_worker(
+    uri: str, *, broker: str, options: WorkerOptions, stop: threading.Event | None = None
+) -> WorkerStats:
+    """Load ``uri`` and consume ``options.stream`` on ``broker`` until ``stop`` is set (or,
+    in the main thread, until SIGTERM or SIGINT: the batch in hand is answered first).
+
+    Args:
+        uri: the model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...``).
+        broker: the Redis URL.
+        options: how to consume (:class:`WorkerOptions`).
+        stop: set it to stop; a new one when None.
+
+    Returns:
+        What the worker did.
+
+    Raises:
+        InvalidInput: the broker URL is not a Redis URL.
+        KeelError: the model cannot be loaded.
+
+    Example:
+        >>> run_worker("models:/diabetes@champion", broker="redis://127.0.0.1:6379/0",
+        ...            options=WorkerOptions(stream="scoring"))  # doctest: +SKIP
+    """
+    redis = connect(broker, read_timeout=options.block_ms / 1000 + 30)
+    predictor, version = load_model(uri)
+    worker = Worker(predictor, redis, options, version=version)
+    stop = stop or threading.Event()
+    log.info(
+        "consuming %s on %s as %s/%s with %s; replies to %s",
+        options.stream,
+        worker._where,
+        options.group,
+        options.consumer,
+        worker.model,
+        options.replies,
+    )
+    try:
+        with _stopped_by_signals(stop):
+            stats = worker.run(stop)
+    finally:
+        redis.close()
+    log.info(
+        "stopped: answered %d requests (%d errors, %d claimed from other consumers)",
+        stats.answered,
+        stats.errors,
+        stats.claimed,
+    )
+    return stats
+
+
+@contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (a second one stops at once); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
