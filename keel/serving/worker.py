@@ -185,7 +185,8 @@ class Worker:
         self.stats = WorkerStats()
         self.model = f"{version.name}/{version.version}" if version else predictor.uri
         self._answer = redis.register_script(_ANSWER)
-        self._where = _where(redis)
+        self.where = _where(redis)
+        """The server, without credentials (for log lines)."""
 
     def run(self, stop: threading.Event) -> WorkerStats:
         """Consume until ``stop`` is set; the batch in hand is answered first.
@@ -213,17 +214,17 @@ class Worker:
                     next_claim = time.monotonic() + self._claim_every
                 self.step()
             except AuthenticationError as exc:
-                raise KeelError(f"Redis at {self._where} refused the credentials: {exc}") from None
+                raise KeelError(f"Redis at {self.where} refused the credentials: {exc}") from None
             except (RedisConnectionError, RedisTimeoutError, BusyLoadingError) as exc:
                 log.warning(
-                    "cannot reach Redis at %s (%s); retrying in %.1f s", self._where, exc, delay
+                    "cannot reach Redis at %s (%s); retrying in %.1f s", self.where, exc, delay
                 )
                 prepared = False
                 stop.wait(delay)
                 delay = min(delay * 2, _MAX_BACKOFF_S)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
-                    raise KeelError(f"Redis refused a command on {self._where}: {exc}") from None
+                    raise KeelError(f"Redis refused a command on {self.where}: {exc}") from None
                 log.warning("the consumer group is gone (Redis lost its data?); creating it again")
                 prepared = False
             if time.monotonic() >= next_stats:
@@ -268,7 +269,7 @@ class Worker:
                 return
             if "WRONGTYPE" in str(exc):
                 raise InvalidInput(
-                    f"the key {self.options.stream!r} on {self._where} is not a stream",
+                    f"the key {self.options.stream!r} on {self.where} is not a stream",
                     field="stream",
                 ) from None
             raise
@@ -422,18 +423,46 @@ class Worker:
             args: list[Any] = [options.group, options.consumer, request.entry, options.reply_maxlen]
             args += [options.reply_ttl_s, delete, *self._reply_fields(request)]
             self._answer(keys=[options.stream, request.reply_to], args=args, client=pipe)
-        written = pipe.execute()
-        for request, done in zip(requests, written, strict=True):
-            if not done:
+        written = pipe.execute(raise_on_error=False)
+        undeliverable = []
+        for request, outcome in zip(requests, written, strict=True):
+            if isinstance(outcome, Exception):
+                undeliverable.append(self._undeliverable(request, outcome))
+            elif not outcome:
                 self.stats.lost_to_others += 1
                 log.warning(
                     "request %s was claimed by another worker while this one scored it "
                     "(raise --claim-idle-ms above the scoring time); its reply is theirs",
                     request.request_id,
                 )
-            elif request.error is not None:
-                self.stats.errors += 1
-            self.stats.answered += 1 if done else 0
+            else:
+                self.stats.answered += 1
+                if request.error is not None:
+                    self.stats.errors += 1
+        if undeliverable:
+            self._write(undeliverable)
+
+    def _undeliverable(self, request: _Request, exc: Exception) -> _Request:
+        """A request whose reply stream refused the reply (another type of key), redirected
+        with an error to the default reply stream.
+
+        Raises:
+            ResponseError: the group is gone, or the default reply stream refused it too.
+        """
+        if "NOGROUP" in str(exc) or request.reply_to == self.options.replies:
+            raise exc
+        log.warning(
+            "request %s: cannot write its reply to %r (%s); an error reply goes to %r",
+            request.request_id,
+            request.reply_to,
+            exc,
+            self.options.replies,
+        )
+        request.error = InvalidInput(
+            f"the reply stream {request.reply_to!r} cannot take replies: {exc}", field="reply_to"
+        )
+        request.reply_to = self.options.replies
+        return request
 
     def _reply_fields(self, request: _Request) -> list[Any]:
         fields: list[Any] = ["id", request.request_id, "entry", request.entry]
@@ -544,7 +573,7 @@ def run_worker(
     log.info(
         "consuming %s on %s as %s/%s with %s; replies to %s",
         options.stream,
-        worker._where,
+        worker.where,
         options.group,
         options.consumer,
         worker.model,

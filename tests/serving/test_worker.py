@@ -248,10 +248,16 @@ def test_bad_requests_get_error_replies_and_the_worker_goes_on(
         submit(broker, stream, X.head(2).drop(columns=["bmi"]), request_id="no-bmi")
         submit(broker, stream, wrong_type, request_id="wrong-type")
         submit(broker, stream, b'{"rows": []}', request_id="not-a-table")
+        string_key = redis_prefix + "a-string"
+        broker.set(string_key, "not a stream")
+        submit(broker, stream, X.head(1), request_id="bad-reply-to", reply_to=string_key)
         good = submit(broker, stream, X.head(3))
         errors = {
             rid: wait_reply(broker, replies, rid, timeout=60)
-            for rid in ("no-body", "not-json", "binary", "no-bmi", "wrong-type", "not-a-table")
+            for rid in (
+                *("no-body", "not-json", "binary", "no-bmi", "wrong-type", "not-a-table"),
+                "bad-reply-to",
+            )
         }
         np.testing.assert_allclose(
             wait_reply(broker, replies, good, timeout=60).result(), forest.predict(X.head(3))
@@ -265,6 +271,9 @@ def test_bad_requests_get_error_replies_and_the_worker_goes_on(
     assert errors["no-bmi"].error["column"] == "bmi"  # type: ignore[index]
     assert "should hold float" in messages["wrong-type"]
     assert '"records" or "columns"' in messages["not-a-table"]
+    # a reply_to that cannot take replies: the error goes to the default reply stream
+    assert "cannot take replies: WRONGTYPE" in messages["bad-reply-to"]
+    assert errors["bad-reply-to"].error["field"] == "reply_to"  # type: ignore[index]
     assert broker.xpending(stream, "keel")["pending"] == 0
 
 
