@@ -1,0 +1,246 @@
+"""Adaptive micro-batching: concurrent requests to one model share one ``predict`` call.
+
+Each request's frame is checked against the signature alone, on the caller's turn (a bad
+request is refused without costing anyone else), then queued. One scorer per model runs
+``predict_checked`` on the concatenated queue in a thread, off the event loop, and hands each
+caller its own rows back. It is adaptive: with nothing in flight a request is scored at once, so
+concurrency 1 waits for no one; while a ``predict`` runs, arrivals queue and the next call takes
+all of them (up to ``max_batch_rows``). Under load the batch grows by itself, with no timer.
+
+Example:
+    >>> batcher = MicroBatcher(keel.models.load("models:/diabetes@champion"))  # doctest: +SKIP
+    >>> await batcher.predict(frame)  # doctest: +SKIP
+    array([151.2, 75.3])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from keel.models.loading import Predictor
+
+__all__ = ["DEFAULT_MAX_BATCH_ROWS", "BatcherClosed", "MicroBatcher"]
+
+DEFAULT_MAX_BATCH_ROWS = 1024
+"""Rows one ``predict`` call takes at most (a single larger request is still scored whole)."""
+
+log = logging.getLogger("keel.serving")
+
+OnBatch = Callable[[int, int], None]
+"""Called on the event loop after each ``predict`` call with (requests, rows) it scored."""
+
+
+class BatcherClosed(RuntimeError):
+    """A request reached a batcher that has been closed (its model was swapped out)."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    checked: Any
+    rows: int
+    kind: Any
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What a batcher did, for tests and ``/metadata``."""
+
+    requests: int = 0
+    calls: int = 0
+    rows: int = 0
+    retries: int = 0
+    largest: int = 0
+    history: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+
+
+class MicroBatcher:
+    """Groups concurrent :meth:`predict` calls on one model into few ``predict`` calls.
+
+    Args:
+        predictor: the loaded model.
+        max_batch_rows: rows one call takes at most; 0 scores every request alone (no
+            batching, still off the event loop).
+        max_wait_ms: how long a batch that is not full may wait for more requests before it is
+            scored. 0 (the default) waits for nothing: batches form only from requests that
+            arrived while the previous call ran.
+        on_batch: called after each ``predict`` call with (requests, rows), e.g. for metrics.
+        name: names the scorer thread (the arm's label).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        max_wait_ms: float = 0.0,
+        on_batch: OnBatch | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_rows < 0 or max_wait_ms < 0:
+            raise ValueError("max_batch_rows and max_wait_ms must not be negative")
+        self.predictor = predictor
+        self.max_batch_rows = max_batch_rows
+        self.max_wait = max_wait_ms / 1000.0
+        self.stats = BatchStats()
+        self._on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._scorer: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"keel-score {name}")
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<MicroBatcher {self.predictor.uri} max_batch_rows={self.max_batch_rows}>"
+
+    async def predict(self, data: Any) -> Any:
+        """Predictions for ``data`` (one request's rows), scored with whatever else is queued.
+
+        Raises:
+            SchemaMismatch: ``data`` does not match the signature (nothing is queued).
+            ValueError, TypeError: the model refused these rows (others in the batch are
+                scored without them).
+            BatcherClosed: the batcher was closed before this call.
+        """
+        if self._closed:
+            raise BatcherClosed(f"the scorer of {self.predictor.uri} is closed")
+        checked = self.predictor.check(data)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(checked, len(checked), _kind(checked), future))
+        self.stats.requests += 1
+        if self._scorer is None:
+            self._scorer = asyncio.create_task(self._score_queue())
+        return await future
+
+    async def close(self) -> None:
+        """Refuse new requests, let every queued one be scored, then stop the scorer thread."""
+        self._closed = True
+        while self._scorer is not None:
+            await asyncio.shield(self._scorer)
+        self._executor.shutdown(wait=False)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a ``predict`` call."""
+        return len(self._queue)
+
+    async def _score_queue(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                if self.max_wait and self._queued_rows() < self.max_batch_rows:
+                    await asyncio.sleep(self.max_wait)
+                batch = self._take()
+                if not batch:
+                    continue
+                await loop.run_in_executor(self._executor, self._score, batch)
+                for pending in batch:
+                    _settle(pending)
+                self._note(batch)
+        finally:
+            self._scorer = None
+
+    def _queued_rows(self) -> int:
+        return sum(pending.rows for pending in self._queue)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: queued requests in order, while they fit ``max_batch_rows`` and have
+        the same columns and types as the first (the first is taken whatever its size)."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            pending = self._queue[0]
+            if pending.future.done():  # its caller went away
+                self._queue.popleft()
+                continue
+            if batch and (
+                rows + pending.rows > self.max_batch_rows or pending.kind != batch[0].kind
+            ):
+                break
+            batch.append(self._queue.popleft())
+            rows += pending.rows
+        return batch
+
+    def _score(self, batch: list[_Pending]) -> None:
+        """In the scorer thread: one ``predict`` for the whole batch, each request's rows back;
+        if it raises (or answers the wrong number of rows), each request alone."""
+        if len(batch) == 1:
+            _score_alone(self.predictor, batch[0])
+            return
+        try:
+            predictions = self.predictor.predict_checked(_concat([p.checked for p in batch]))
+            if len(predictions) != sum(p.rows for p in batch):
+                raise ValueError("the model answered another number of rows than it was given")
+        except Exception:
+            self.stats.retries += 1
+            for pending in batch:
+                _score_alone(self.predictor, pending)
+            return
+        start = 0
+        for pending in batch:
+            pending.result = _rows(predictions, start, start + pending.rows)
+            start += pending.rows
+
+    def _note(self, batch: list[_Pending]) -> None:
+        rows = sum(pending.rows for pending in batch)
+        stats = self.stats
+        stats.calls += 1
+        stats.rows += rows
+        stats.largest = max(stats.largest, len(batch))
+        stats.history.append(len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), rows)
+
+
+def _score_alone(predictor: Predictor, pending: _Pending) -> None:
+    try:
+        pending.result = predictor.predict_checked(pending.checked)
+    except Exception as exc:
+        pending.error = exc
+
+
+def _settle(pending: _Pending) -> None:
+    if pending.future.done():  # cancelled: the client disconnected
+        return
+    if pending.error is not None:
+        pending.future.set_exception(pending.error)
+    else:
+        pending.future.set_result(pending.result)
+
+
+def _kind(checked: Any) -> Any:
+    """What must be equal for two checked inputs to be concatenated without changing either:
+    a frame's columns and dtypes, an array's dtype and row shape."""
+    dtypes = getattr(checked, "dtypes", None)
+    if dtypes is not None and hasattr(checked, "columns"):
+        return ("frame", tuple(checked.columns), tuple(map(str, dtypes)))
+    shape = getattr(checked, "shape", None)
+    if shape is not None:
+        return ("array", str(checked.dtype), tuple(shape[1:]))
+    return ("other", id(checked))  # never batched with anything
+
+
+def _concat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if hasattr(first, "columns"):
+        import pandas as pd
+
+        return pd.concat(parts, ignore_index=True)
+    import numpy as np
+
+    return np.concatenate(parts)
+
+
+def _rows(predictions: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a batch's predictions, in the type the model answered."""
+    iloc = getattr(predictions, "iloc", None)
+    if iloc is not None:  # a DataFrame or Series: numbered from 0 again, as alone
+        return iloc[start:stop].reset_index(drop=True)
+    return predictions[start:stop]
