@@ -27,7 +27,8 @@ _TABLES = (
     "write_batches, users, api_tokens, experiment_grants, audit_log, metric_blocks, "
     "datasets, dataset_versions, run_inputs, registered_models, model_versions, "
     "registered_model_tags, model_version_tags, model_aliases, model_audit, model_policies, "
-    "alias_requests, model_cards, model_evaluations, gate_verdicts"
+    "alias_requests, model_cards, model_evaluations, gate_verdicts, deployments, "
+    "deployment_revisions"
 )
 """Emptied after each PostgreSQL test (TRUNCATE is not a row change, so model_audit's
 append-only triggers allow it)."""

@@ -22,7 +22,7 @@ from keel.errors import StorageError
 __all__ = ["HEAD_REVISION", "current_revision", "ensure_schema", "upgrade"]
 
 #: The newest migration in keel/db/migrations/versions (a test keeps the two in step).
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_LOCK_KEY = 0x6B65656C  # "keel"
 

@@ -156,10 +156,11 @@ def _routers() -> list[Any]:
     """
     from keel.models.mlflow_compat import router as models_mlflow_router
     from keel.models.routes import router as models_router
+    from keel.serving.deployments.routes import router as deployments_router
     from keel.tracking.mlflow_compat import router as mlflow_router
     from keel.tracking.routes import router as tracking_router
 
-    return [tracking_router, models_router, models_mlflow_router, mlflow_router]
+    return [tracking_router, models_router, deployments_router, models_mlflow_router, mlflow_router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:
