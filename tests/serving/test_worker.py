@@ -299,6 +299,22 @@ def test_a_request_delivered_too_often_is_answered_with_an_error_not_retried(
     assert broker.xpending(stream, "keel")["pending"] == 0
 
 
+def test_a_worker_restarted_under_its_name_answers_its_own_pending_requests_first(
+    forest: Any, redis_url: str, redis_prefix: str, broker: redis.Redis
+) -> None:
+    stream = redis_prefix + "scoring"
+    X, _ = diabetes()
+    broker.xgroup_create(stream, "keel", id="0", mkstream=True)
+    held = submit(broker, stream, X.head(3))
+    broker.xreadgroup("keel", "a", {stream: ">"})  # "a" took it, then stopped
+    options = WorkerOptions(stream=stream, consumer="a", claim_idle_ms=3_600_000)
+    with in_thread("models:/diabetes@champion", redis_url, options) as worker:
+        reply = wait_reply(broker, stream + ":replies", held, timeout=60)
+    np.testing.assert_allclose(reply.result(), forest.predict(X.head(3)))
+    assert worker.stats.claimed == 0  # its own, not claimed from anyone
+    assert broker.xpending(stream, "keel")["pending"] == 0
+
+
 @pytest.mark.slow
 def test_two_worker_processes_answer_each_request_exactly_once(
     forest: Any, redis_url: str, redis_prefix: str, broker: redis.Redis, tmp_path: Path
