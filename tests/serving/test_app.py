@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 
 import keel
 import keel.models
@@ -48,12 +50,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` in process, with its lifespan run (startup, then drain at exit)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://model") as client:
+            yield client
+
+
 @pytest.fixture
 async def service(served: tuple[Predictor, object]) -> AsyncIterator[httpx.AsyncClient]:
     predictor, version = served
     app = create_scoring_app(predictor, version=version)  # type: ignore[arg-type]
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://model") as client:
+    async with running(app) as client:
         yield client
 
 
@@ -143,6 +153,81 @@ async def test_health_ready_and_metadata(
     assert meta["digest"] == served[0].digest
     names = [column["name"] for column in meta["signature"]["inputs"]]
     assert names == list(diabetes()[0].columns)
+
+
+async def test_request_ids_and_the_model_that_answered(service: httpx.AsyncClient) -> None:
+    X, _ = diabetes()
+    body = {"records": X.head(2).to_dict(orient="records")}
+    given = await service.post("/predict", json=body, headers={"X-Request-Id": "order-17"})
+    assert given.headers["X-Request-Id"] == "order-17"
+    assert given.json()["request_id"] == "order-17"
+    assert given.headers["X-Keel-Model"] == "diabetes/1"
+    made = await service.post("/predict", json=body)
+    assert len(made.json()["request_id"]) == 32
+    assert made.headers["X-Request-Id"] == made.json()["request_id"]
+    refused = await service.post("/predict", json=body, headers={"X-Request-Id": "x" * 200})
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "X-Request-Id"
+    assert len(refused.headers["X-Request-Id"]) == 32  # not the refused one echoed back
+
+
+async def test_csv_and_arrow_bodies_and_answers(
+    service: httpx.AsyncClient, served: tuple[Predictor, object]
+) -> None:
+    import io
+
+    import pandas as pd
+
+    from keel.serving.bodies import ARROW_STREAM, frame_from_arrow, predictions_arrow
+
+    X, _ = diabetes()
+    rows = X.head(8)
+    expected = served[0].raw.predict(rows)
+    csv = rows.to_csv(index=False).encode()
+    by_csv = await service.post("/predict", content=csv, headers={"Content-Type": "text/csv"})
+    assert by_csv.status_code == 200, by_csv.text
+    np.testing.assert_allclose(by_csv.json()["predictions"], expected)
+    arrow = predictions_arrow(rows)  # any frame as an Arrow IPC stream
+    by_arrow = await service.post("/predict", content=arrow, headers={"Content-Type": ARROW_STREAM})
+    np.testing.assert_allclose(by_arrow.json()["predictions"], expected)
+    as_csv = await service.post(
+        "/predict", content=csv, headers={"Content-Type": "text/csv", "Accept": "text/csv"}
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    np.testing.assert_allclose(pd.read_csv(io.StringIO(as_csv.text))["prediction"], expected)
+    as_arrow = await service.post(
+        "/predict", content=csv, headers={"Content-Type": "text/csv", "Accept": ARROW_STREAM}
+    )
+    np.testing.assert_allclose(frame_from_arrow(as_arrow.content)["prediction"], expected)
+    broken = await service.post(
+        "/predict", content=b"age,bmi\n1,2,3\n", headers={"Content-Type": "text/csv"}
+    )
+    assert broken.status_code == 422 and "more cells" in broken.json()["message"]
+    unknown = await service.post("/predict", content=b"...", headers={"Content-Type": "image/png"})
+    assert unknown.status_code == 415
+    assert unknown.json()["error"] == "unsupported_media_type"
+
+
+async def test_concurrent_requests_share_predict_calls(served: tuple[Predictor, object]) -> None:
+    import asyncio
+
+    predictor, version = served
+    app = create_scoring_app(predictor, version=version)  # type: ignore[arg-type]
+    X, _ = diabetes()
+    bodies = [X.iloc[i : i + 1 + i % 3] for i in range(0, 120, 4)]
+    async with running(app) as client:
+        answers = await asyncio.gather(
+            *(client.post("/predict", json={"columns": b.to_dict(orient="list")}) for b in bodies)
+        )
+        for rows, answer in zip(bodies, answers, strict=True):
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(answer.json()["predictions"], predictor.raw.predict(rows))
+        (batcher,) = app.state.service.live.batchers.values()
+        assert batcher.stats.requests == len(bodies)
+        assert batcher.stats.calls < len(bodies)
+        metrics = (await client.get("/metrics")).text
+    series = 'keel_rows_scored_total{arm="diabetes/1",deployment="diabetes"}'
+    assert f"{series} {sum(map(len, bodies))}.0" in metrics
 
 
 def _free_port() -> int:
