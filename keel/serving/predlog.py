@@ -59,6 +59,9 @@ ROLES = frozenset({"primary", "shadow"})
 DEPLOYMENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A deployment name as a folder name: a registered model's name pattern (fullmatch)."""
 
+MAX_ROW = 2**31 - 1
+"""The largest row index a label may name (rows are stored as int32)."""
+
 _CLOSE_WAIT = 30.0  # seconds close() waits for the writer thread, then writes what is left
 _MAX_BACKOFF = 30.0
 
@@ -174,12 +177,19 @@ class PredictionLog:
             error: what went wrong, if the model failed on the request.
 
         Raises:
-            InvalidInput: ``role`` is not primary or shadow, or ``outputs`` has not one entry
-                per input row (a bug in the caller, raised before anything is kept).
+            InvalidInput: ``role`` is not primary or shadow, ``request_id`` is not a string,
+                ``time_ms`` not an integer, or ``outputs`` has not one entry per input row (a
+                bug in the caller, raised before anything is kept).
         """
         rows = 1 if inputs is None else len(inputs)
         if role not in ROLES:
             raise InvalidInput(f"role must be 'primary' or 'shadow', not {role!r}", role=role)
+        if not isinstance(request_id, str) or not isinstance(time_ms, int):
+            raise InvalidInput(
+                "request_id must be a string and time_ms an integer (milliseconds)",
+                request_id=repr(request_id),
+                time_ms=repr(time_ms),
+            )
         if outputs is not None and len(outputs) != rows:
             raise InvalidInput(
                 f"{len(outputs)} outputs for {rows} input rows: log one output per row",
@@ -203,11 +213,11 @@ class PredictionLog:
         when read. After :meth:`close` the label is dropped and counted.
 
         Raises:
-            InvalidInput: ``row`` is negative or ``label`` is None.
+            InvalidInput: ``row`` is not an index (0 to :data:`MAX_ROW`) or ``label`` is None.
         """
-        if row < 0 or label is None:
+        if not isinstance(row, int) or not 0 <= row <= MAX_ROW or label is None:
             raise InvalidInput(
-                "a label needs a row index >= 0 and a value that is not null",
+                f"a label needs a row index from 0 to {MAX_ROW} and a value that is not null",
                 request_id=request_id,
                 row=row,
             )
@@ -227,6 +237,7 @@ class PredictionLog:
                 thread retries them.
         """
         error = self._write_pending()
+        self._report_drops()
         if error is not None:
             raise StorageError(
                 f"the prediction log could not write to {self.url}: {error}; the rows stay "

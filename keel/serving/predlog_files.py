@@ -68,6 +68,11 @@ class Sink:
     """Where the files go: a local folder (plain os calls, atomic rename) or an fsspec URL."""
 
     def __init__(self, url: str) -> None:
+        # what the writer thread uses, imported now rather than on its first write
+        import numpy  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
         self.fs, self.root = filesystem(url)
         self.local = "file" in _protocols(self.fs)
 
@@ -139,7 +144,14 @@ def _group_table(entries: list[tuple[Any, ...]], deployment: str) -> pa.Table:
     starts = np.cumsum(counts) - counts
 
     def per_entry(at: int, kind: pa.DataType) -> pa.Array:
-        return pa.array([e[at] for e in entries], type=kind).take(take)
+        values = [e[at] for e in entries]
+        try:
+            array = pa.array(values, type=kind)
+        except (pa.ArrowException, TypeError, ValueError):
+            if kind != pa.string():
+                raise
+            array = _text(values)  # an arm or model named by something else than a string
+        return array.take(take)
 
     columns = {
         "request_id": per_entry(0, pa.string()),
@@ -333,7 +345,8 @@ def read_rows(
         return _frame(base.empty_table())
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         tables = list(pool.map(lambda path: _read_file(fs, local, path, since_ms, until_ms), files))
-    table = _concat(tables)
+    # a file whose rows all fall outside the range says nothing about the columns' types
+    table = _concat([t for t in tables if t.num_rows] or tables[:1])
     table = table.take(pc.sort_indices(table, sort_keys=[("time", "ascending")]))
     names = table.column_names
     inputs = [name for name in names if name.startswith("input.")]

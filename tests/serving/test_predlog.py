@@ -1,0 +1,504 @@
+"""The prediction log on real folders: rows from several threads and processes written as
+Parquet by the writer thread and read back exactly, hour partitions and pruning, write failures
+kept and retried, the buffer bound, schema drift and mixed types, and what ``log()`` costs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from keel.errors import InvalidInput, StorageError
+from keel.serving.predlog import (
+    PREDICTION_COLUMNS,
+    PredictionLog,
+    log_url,
+    open_log,
+    read_feedback,
+    read_predictions,
+)
+from keel.settings import Settings
+
+HOUR = 3_600_000
+START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def _request(seed: int, rows: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "x": [seed + row / 10 for row in range(rows)],
+            "n": [seed * 10 + row for row in range(rows)],
+            "s": [f"s{seed}-{row}" for row in range(rows)],
+        }
+    )
+
+
+def _log(
+    log: PredictionLog, request_id: str, time_ms: int, inputs: pd.DataFrame, **extra: object
+) -> None:
+    """Log ``inputs`` as diabetes/3 with outputs twice the first column (unless given)."""
+    fields: dict[str, object] = {"arm": "diabetes/3", "model": "diabetes", "version": 3}
+    fields["role"] = "primary"
+    if "outputs" not in extra:
+        extra["outputs"] = [float(v) * 2 for v in inputs.iloc[:, 0]]
+    log.log(
+        request_id=request_id, time_ms=time_ms, inputs=inputs, latency_ms=1.5, **{**fields, **extra}
+    )  # type: ignore[arg-type]
+
+
+def _files(root: Path, kind: str = "predictions") -> list[Path]:
+    return sorted(root.glob(f"{kind}/deployment=*/hour=*/*.parquet"))
+
+
+def _wait_for(condition: Callable[[], bool], log: PredictionLog, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {log.stats()}"
+        time.sleep(0.02)
+
+
+def _values(column: pd.Series) -> list[object]:
+    """The column's values with missing ones as None (pandas' str dtype gives NaN)."""
+    return [None if v is None or (isinstance(v, float) and v != v) else v for v in column]
+
+
+def test_rows_logged_from_many_threads_read_back_exactly(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = PredictionLog(str(root), "diabetes", flush_rows=700, flush_seconds=0.05)
+    requests = {}  # (thread, i) -> (time_ms, role, inputs)
+    expected = []
+    for thread in range(4):
+        for i in range(400):
+            time_ms = START + (i % 3) * HOUR + thread * 1000 + i
+            role = "shadow" if i % 4 == 0 else "primary"
+            frame = _request(thread * 1000 + i, 1 + i % 5)
+            requests[thread, i] = (time_ms, role, frame)
+            for row, (x, n, s) in enumerate(frame.itertuples(index=False)):
+                expected.append((f"t{thread}-{i}", row, time_ms, role, x, n, s, x * 2))
+
+    def work(thread: int) -> None:
+        for i in range(400):
+            time_ms, role, frame = requests[thread, i]
+            _log(log, f"t{thread}-{i}", time_ms, frame, role=role)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    stats = log.stats()
+    assert stats["written"] == len(expected) == 4 * 400 * 3
+    assert stats["buffered"] == 0 and stats["dropped"] == 0 and stats["last_error"] is None
+    files = _files(root)
+    assert stats["files"] == len(files) > 3  # several flushes happened while logging
+
+    read = read_predictions(str(root), "diabetes")
+    assert list(read.columns[: len(PREDICTION_COLUMNS)]) == list(PREDICTION_COLUMNS)
+    assert read["time"].is_monotonic_increasing
+    assert str(read["time"].dtype) == "datetime64[ms, UTC]"
+    got = read.sort_values(["request_id", "row"]).reset_index(drop=True)
+    names = ["request_id", "row", "time_ms", "role", "input.x", "input.n", "input.s", "output"]
+    want = pd.DataFrame(expected, columns=names).sort_values(["request_id", "row"])
+    want = want.reset_index(drop=True)
+    assert got["request_id"].tolist() == want["request_id"].tolist()
+    assert got["row"].tolist() == want["row"].tolist()
+    assert (got["time"].astype("int64") == want["time_ms"]).all()
+    assert got["role"].tolist() == want["role"].tolist()
+    for column in ("input.x", "input.n", "input.s", "output"):
+        assert got[column].tolist() == want[column].tolist(), column
+    assert set(got["deployment"]) == {"diabetes"} and set(got["arm"]) == {"diabetes/3"}
+    assert got["version"].tolist() == [3] * len(got) and set(got["latency_ms"]) == {1.5}
+    assert got["error"].isna().all()
+
+    # one folder per UTC hour of the rows' time, and each file holds only its hour's rows
+    hours = sorted({path.parent.name for path in files})
+    assert hours == ["hour=2026-01-01T00", "hour=2026-01-01T01", "hour=2026-01-01T02"]
+    for path in files:
+        times = pq.read_table(path, columns=["time"])["time"].to_pylist()
+        assert {t.strftime("hour=%Y-%m-%dT%H") for t in times} == {path.parent.name}
+
+
+def test_since_and_until_read_only_the_hours_they_overlap(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = PredictionLog(str(root), "d1", flush_seconds=3600)
+    for hour in range(4):
+        _log(log, f"r{hour}", START + hour * HOUR + 10, _request(hour, 2))
+    log.close()
+    # a damaged file in hour 0: read when that hour is asked for, skipped when it is not
+    (root / "predictions/deployment=d1/hour=2026-01-01T00/zz-damaged.parquet").write_text("no")
+    since, until = START + HOUR + 10, START + 2 * HOUR + 10
+    read = read_predictions(str(root), "d1", since_ms=since, until_ms=until)
+    assert read["request_id"].tolist() == ["r1", "r1", "r2", "r2"]  # bounds are inclusive
+    later = read_predictions(str(root), "d1", since_ms=since + 1)
+    assert sorted(set(later["request_id"])) == ["r2", "r3"]
+    with pytest.raises(StorageError, match=r"zz-damaged\.parquet"):
+        read_predictions(str(root), "d1")
+    nothing = read_predictions(str(root), "d1", since_ms=START + 10 * HOUR)
+    assert nothing.empty and list(nothing.columns) == list(PREDICTION_COLUMNS)
+    assert read_predictions(str(root), "never-logged").empty
+
+
+def test_close_writes_everything_and_later_rows_are_counted_as_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "log"
+    log = PredictionLog(str(root), "d1", flush_rows=10**6, flush_seconds=3600)
+    _log(log, "before", START, _request(1, 3))
+    log.feedback(request_id="before", row=2, label=7.5, time_ms=START + 5)
+    assert _files(root) == []  # nothing due yet: no size or time trigger
+    log.close()
+    log.close()  # idempotent
+    assert log.closed and len(_files(root)) == 1 and len(_files(root, "feedback")) == 1
+    with caplog.at_level(logging.WARNING, logger="keel.serving.predlog"):
+        _log(log, "after", START, _request(2, 4))
+        log.feedback(request_id="after", row=0, label=1, time_ms=START)
+    assert log.stats()["dropped"] == 5
+    assert [r.message for r in caplog.records if "closed" in r.message] != []
+    assert read_predictions(str(root), "d1")["request_id"].tolist() == ["before"] * 3
+    assert read_feedback(str(root), "d1")[["request_id", "row", "label"]].values.tolist() == [
+        ["before", 2, 7.5]
+    ]
+
+
+def test_a_size_trigger_writes_before_the_timer(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    log = PredictionLog(str(root), "d1", flush_rows=50, flush_seconds=3600)
+    try:
+        for i in range(20):
+            _log(log, f"r{i}", START, _request(i, 5))
+
+        # whatever was buffered when the writer woke is written; the rest waits for more rows
+        def settled() -> bool:
+            stats = log.stats()
+            return int(stats["written"] or 0) >= 50 and int(stats["buffered"] or 0) < 50
+
+        _wait_for(settled, log)
+    finally:
+        log.close()
+
+
+def test_two_logs_of_one_deployment_write_distinct_files(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    first, second = PredictionLog(root, "d1"), PredictionLog(root, "d1")
+    for i in range(50):
+        _log(first, f"a{i}", START + i, _request(i, 2))
+        _log(second, f"b{i}", START + i, _request(i, 2))
+    first.close()
+    second.close()
+    files = _files(Path(root))
+    assert len(files) == 2
+    owners = [
+        set(pq.read_table(p, columns=["request_id"])["request_id"].to_pylist()) for p in files
+    ]
+    assert sorted(min(ids)[0] for ids in owners) == ["a", "b"]
+    assert len(read_predictions(root, "d1")) == 200
+
+
+_WORKER = f"""
+import sys, time
+import pandas as pd
+from keel.serving.predlog import PredictionLog
+root, prefix = sys.argv[1], sys.argv[2]
+log = PredictionLog(root, "d1", flush_rows=300, flush_seconds=0.05)
+for i in range(1000):
+    log.log(request_id=f"{{prefix}}{{i}}", time_ms={START} + i, arm="m/1", model="m", version=1,
+            role="primary", inputs=pd.DataFrame({{"x": [float(i)]}}), outputs=[i * 2.0],
+            latency_ms=0.5)
+log.close()
+print(log.stats()["files"])
+"""
+
+
+def test_two_worker_processes_write_side_by_side(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, root, prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for prefix in ("p", "q")
+    ]
+    files_written = 0
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        files_written += int(out.strip())
+    files = _files(Path(root))
+    assert len(files) == files_written >= 2
+    assert len({path.name for path in files}) == len(files)
+    read = read_predictions(root, "d1")
+    assert len(read) == 2000 and read["request_id"].nunique() == 2000
+    by_id = read.set_index("request_id")
+    assert by_id.loc["q999", "output"] == 1998.0 and by_id.loc["p7", "input.x"] == 7.0
+
+
+def test_a_failed_write_keeps_the_rows_and_succeeds_once_the_folder_is_usable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "log"
+    root.mkdir()
+    (root / "predictions").write_text("a file where the folder must go")
+    log = PredictionLog(str(root), "d1", flush_seconds=0.05)
+    try:
+        with caplog.at_level(logging.WARNING, logger="keel.serving.predlog"):
+            for i in range(30):
+                _log(log, f"r{i}", START + i, _request(i, 2))
+            with pytest.raises(StorageError, match="stay buffered"):
+                log.flush()
+            time.sleep(0.5)  # several retries with backoff, all failing
+            stats = log.stats()
+            assert stats["buffered"] == 60 and stats["written"] == 0
+            assert stats["last_error"] is not None and stats["dropped"] == 0
+            (root / "predictions").unlink()
+            _wait_for(lambda: log.stats()["written"] == 60, log)
+    finally:
+        log.close()
+    failures = [r for r in caplog.records if "cannot write" in r.message]
+    assert len(failures) == 1  # one warning per failure streak, not one per retry
+    assert any("again" in r.message for r in caplog.records)
+    assert log.stats()["last_error"] is None
+    read = read_predictions(str(root), "d1")
+    assert read["request_id"].tolist() == [f"r{i}" for i in range(30) for _ in range(2)]
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """``folder`` refuses new entries: chmod for a normal user, chattr +i for root (which
+    ignores modes); skipped where neither works."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is not allowed: cannot make it read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_read_only_folder_keeps_rows_until_it_is_writable(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    root.mkdir()
+    log = PredictionLog(str(root), "d1", flush_seconds=3600)
+    try:
+        with _read_only(root):
+            _log(log, "r1", START, _request(1, 3))
+            log.feedback(request_id="r1", row=0, label="yes", time_ms=START)
+            with pytest.raises(StorageError):
+                log.flush()
+            assert log.stats()["buffered"] == 4 and _files(root) == []
+        log.flush()
+    finally:
+        log.close()
+    assert read_predictions(str(root), "d1")["row"].tolist() == [0, 1, 2]
+    assert read_feedback(str(root), "d1")["label"].tolist() == ["yes"]
+
+
+def test_the_buffer_bound_drops_the_oldest_rows_and_counts_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "log"
+    root.mkdir()
+    (root / "predictions").write_text("in the way")
+    log = PredictionLog(str(root), "d1", flush_seconds=3600, max_buffered_rows=100)
+    try:
+        with caplog.at_level(logging.WARNING, logger="keel.serving.predlog"):
+            for i in range(30):
+                _log(log, f"r{i}", START + i, _request(i, 5))
+            stats = log.stats()
+            assert stats["dropped"] == 50 and stats["buffered"] == 100
+            with pytest.raises(StorageError):
+                log.flush()
+        assert any("dropped 50 rows" in r.message for r in caplog.records)
+        (root / "predictions").unlink()
+        log.flush()
+    finally:
+        log.close()
+    assert log.stats()["written"] == 100 and log.stats()["dropped"] == 50
+    read = read_predictions(str(root), "d1")
+    assert read["request_id"].drop_duplicates().tolist() == [f"r{i}" for i in range(10, 30)]
+
+
+def test_files_from_other_model_versions_read_as_one_table(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    _log(log, "v1", START, pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), version=1)
+    log.flush()
+    _log(log, "v2", START + 1, pd.DataFrame({"a": [0.5], "c": [True]}), version=2)
+    log.flush()
+    v3 = pd.DataFrame({"a": ["text"]})
+    _log(log, "v3", START + 2, v3, version=None, model=None, outputs=[1.0])
+    log.close()
+    assert len(_files(Path(root))) == 3
+    read = read_predictions(root, "d1")
+    assert read["request_id"].tolist() == ["v1", "v1", "v2", "v3"]
+    assert read["version"].tolist() == [1, 1, 2, pd.NA]
+    assert read["input.a"].tolist() == ["1", "2", "0.5", "text"]  # no common type: text
+    assert read["input.b"].tolist()[:2] == ["x", "y"] and read["input.b"][2:].isna().all()
+    assert read["input.c"].tolist()[2] is True and read["input.c"][:2].isna().all()
+    two = read_predictions(root, "d1", until_ms=START + 1)
+    assert two["input.a"].tolist() == [1.0, 2.0, 0.5]  # int and float widen to float
+
+
+def test_mixed_types_in_one_flush_are_written_not_lost(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    _log(log, "int", START, pd.DataFrame({"a": [1, 2]}))
+    _log(log, "float", START + 1, pd.DataFrame({"a": [2.5]}))
+    _log(log, "text", START + 2, pd.DataFrame({"a": ["seven"]}), outputs=["high"])
+    _log(log, "mixed", START + 3, pd.DataFrame({"a": [1, "x"]}), outputs=[{"p": 1}, None])
+    log.close()
+    stats = log.stats()
+    assert stats["written"] == 6 and stats["dropped"] == 0 and stats["files"] == 1
+    read = read_predictions(root, "d1")
+    assert read["input.a"].tolist() == ["1", "2", "2.5", "seven", "1", "x"]
+    assert _values(read["output"]) == ["2.0", "4.0", "5.0", "high", '{"p":1}', None]
+
+
+@pytest.mark.parametrize(
+    ("outputs", "row", "column", "expected"),
+    [
+        (np.array([0.25, 0.75]), 1, "output", 0.75),
+        (pd.Series([1, 2]), 0, "output", 1),
+        (np.array([[1.0, 2.0], [3.0, 4.0]]), 1, "output", [3.0, 4.0]),  # multi-output
+        (pd.DataFrame({"p": [0.1, 0.9]}), 1, "output.p", 0.9),
+        (None, 0, "output", None),  # the model failed: error is set
+    ],
+)
+def test_outputs_of_every_shape(
+    tmp_path: Path, outputs: object, row: int, column: str, expected: object
+) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    error = "ValueError: no" if outputs is None else None
+    log.log(
+        **_base("r", START), inputs=pd.DataFrame({"a": [1.0, 2.0]}), outputs=outputs, error=error
+    )
+    log.close()
+    read = read_predictions(root, "d1")
+    assert read["input.a"].tolist() == [1.0, 2.0] and _values(read["error"]) == [error] * 2
+    value = read[column][row]
+    assert (list(value) if column == "output" and isinstance(expected, list) else value) == (
+        expected
+    ) or (expected is None and pd.isna(value))
+
+
+def test_a_request_that_was_not_a_table_is_one_row_without_inputs(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    log.log(**_base("ok", START), inputs=pd.DataFrame({"a": [1.0]}), outputs=[2.0])
+    log.log(**_base("bad", START + 1), inputs=None, outputs=None, error="the body is not JSON")
+    log.close()
+    read = read_predictions(root, "d1")
+    assert read["request_id"].tolist() == ["ok", "bad"] and read["row"].tolist() == [0, 0]
+    assert _values(read["error"]) == [None, "the body is not JSON"]
+    assert read["output"].tolist()[0] == 2.0 and pd.isna(read["input.a"][1])
+
+
+def _base(request_id: str, time_ms: int) -> dict[str, object]:
+    return {
+        "request_id": request_id,
+        "time_ms": time_ms,
+        "arm": "m/1",
+        "model": "m",
+        "version": 1,
+        "role": "primary",
+        "latency_ms": 0.3,
+    }
+
+
+def test_feedback_labels_keep_their_json_kind(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    for row, label in enumerate([3, 4.5]):
+        log.feedback(request_id="numbers", row=row, label=label, time_ms=START + row)
+    log.flush()
+    log.feedback(request_id="mixed", row=0, label="cat", time_ms=START + HOUR)
+    log.feedback(request_id="mixed", row=1, label={"top": ["cat", "dog"]}, time_ms=START + HOUR)
+    log.close()
+    numbers = read_feedback(root, "d1", until_ms=START + 10)
+    assert numbers["label"].tolist() == [3.0, 4.5]
+    assert read_feedback(root, "d1")["label"].tolist() == [
+        "3",
+        "4.5",
+        "cat",
+        '{"top":["cat","dog"]}',
+    ]
+
+
+def test_bad_calls_are_refused_before_anything_is_kept(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="deployment name"):
+        PredictionLog(str(tmp_path), "../escape")
+    with pytest.raises(InvalidInput, match="flush_rows"):
+        PredictionLog(str(tmp_path), "d1", flush_rows=0)
+    log = PredictionLog(str(tmp_path / "log"), "d1")
+    try:
+        inputs = pd.DataFrame({"a": [1, 2]})
+        with pytest.raises(InvalidInput, match="1 outputs for 2 input rows"):
+            log.log(**_base("r", START), inputs=inputs, outputs=[1])
+        with pytest.raises(InvalidInput, match="role"):
+            log.log(**{**_base("r", START), "role": "canary"}, inputs=inputs, outputs=None)
+        with pytest.raises(InvalidInput, match="row index"):
+            log.feedback(request_id="r", row=-1, label=1, time_ms=START)
+        with pytest.raises(InvalidInput, match="deployment name"):
+            read_predictions(str(tmp_path), "a/b")
+        assert log.stats()["buffered"] == 0
+    finally:
+        log.close()
+
+
+def test_an_fsspec_url_is_written_and_read(tmp_path: Path) -> None:
+    import fsspec
+
+    url = f"memory://keel-predlog-test-{tmp_path.name}"
+    log = PredictionLog(url, "d1", flush_seconds=3600)
+    _log(log, "r1", START, _request(1, 3))
+    log.close()
+    try:
+        assert read_predictions(url, "d1")["input.n"].tolist() == [10, 11, 12]
+    finally:
+        fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
+
+
+def test_open_log_writes_under_the_artifact_store(home: Path) -> None:
+    settings = Settings()
+    log = open_log(settings, "d1", flush_seconds=3600)
+    _log(log, "r1", START, _request(1, 1))
+    log.close()
+    assert log_url(settings) == f"{settings.artifacts_url}/predictions-log"
+    assert len(_files(Path(settings.artifacts_url) / "predictions-log")) == 1
+
+
+def test_log_does_no_heavy_work_on_the_callers_thread(tmp_path: Path) -> None:
+    log = PredictionLog(str(tmp_path / "log"), "d1", flush_rows=10**7, flush_seconds=3600)
+    frame = _request(1, 100)
+    outputs = list(range(100))
+    took = []
+    try:
+        for i in range(1000):
+            start = time.perf_counter()
+            log.log(**_base(f"r{i}", START), inputs=frame, outputs=outputs)
+            took.append(time.perf_counter() - start)
+    finally:
+        log.close()
+    assert statistics.median(took) < 0.001, statistics.median(took)
+    assert log.stats()["written"] == 100_000
