@@ -163,15 +163,34 @@ def _check_out(target: Path, *, force: bool) -> None:
 
 @contextmanager
 def _staging(target: Path) -> Iterator[Path]:
-    """A new folder beside ``target`` to write into; renamed to ``target`` (replacing it) when
-    the block completes, removed when it fails."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-export-", dir=target.parent))
+    """A new folder beside ``target`` to write into. When the block completes, it becomes
+    ``target``, or, if ``target`` is a folder already, its content replaces ``target``'s (the
+    folder itself stays: it may be a shell's current directory); when it fails, it is removed
+    and ``target`` is left as it was.
+
+    Raises:
+        InvalidInput: the staging folder cannot be made there (no permission, a file in the
+            way).
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-export-", dir=target.parent))
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot write to --out {target}: {exc.strerror or exc}", out=str(target)
+        ) from None
     try:
         yield staging
-        os.chmod(staging, 0o755)  # mkdtemp makes it 0700
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        if target.is_dir():
+            for old in target.iterdir():
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+            for new in staging.iterdir():
+                new.rename(target / new.name)
+        else:
+            os.chmod(staging, 0o755)  # mkdtemp makes it 0700
+            staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import zipfile
@@ -279,6 +280,38 @@ def test_force_never_replaces_the_current_directory(
     with pytest.raises(InvalidInput, match="holds the current directory"):
         export_model("models:/diabetes/1", format="wheel", out=tmp_path.parent, force=True)
     assert (tmp_path / "keep.txt").read_text() == "work"
+
+
+def test_an_empty_current_directory_is_exported_into_in_place(
+    registered: ModelVersion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = here.stat().st_ino
+    done = export_model("models:/diabetes/1", format="lambda", out=".")
+    assert done.artifact == here / "diabetes_model.zip" and done.artifact.is_file()
+    assert here.stat().st_ino == inode  # the same folder: a shell standing in it sees the files
+    assert sorted(p.name for p in here.iterdir()) == ["README.md", "diabetes_model.zip", "function"]
+
+
+def test_an_out_that_cannot_be_written_is_one_line(
+    registered: ModelVersion, cli: CliRunner, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("x")
+    code, output = export_cli(
+        cli, "models:/diabetes/1", "--format", "wheel", "--out", str(tmp_path / "file" / "dist")
+    )
+    assert code == 1
+    assert "cannot write to --out" in _one_line(output)
+
+
+def test_the_python_example_of_docs_export_runs(registered: ModelVersion, tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    example = re.search(r"```python\n(from keel.*?)```", text, re.DOTALL)
+    assert example is not None
+    exec(example.group(1), {})  # writes dist/ in the current directory (tmp_path)
+    assert (tmp_path / "dist" / "diabetes_model-1-py3-none-any.whl").is_file()
 
 
 def test_out_that_is_a_file_is_refused(registered: ModelVersion, tmp_path: Path) -> None:
