@@ -152,14 +152,24 @@ class WorkerStats:
 
 @dataclass
 class _Request:
-    """One entry being answered: its checked frame, then its predictions or its error."""
+    """One entry being answered: its body, then its predictions or its error."""
 
     entry: bytes
     request_id: str
     reply_to: str
-    frame: Any = None
+    body: bytes | None
+    content_type: str
+    rows: int = 0
     predictions: list[Any] | None = None
     error: KeelError | None = None
+
+
+@dataclass
+class _Batch:
+    """Requests scored in one ``predict`` call: ``frame`` holds their checked rows in order."""
+
+    requests: list[_Request]
+    frame: Any
 
 
 class Worker:
@@ -325,44 +335,94 @@ class Worker:
         return total
 
     def _handle(self, entries: Sequence[tuple[bytes, Any]], *, redelivered: bool = False) -> None:
-        """Answer ``entries``: those delivered before one by one, the rest in column groups."""
+        """Answer ``entries``: those delivered before one by one, the rest in batches."""
         live = [(entry, fields) for entry, fields in entries if fields]
         gone = [entry for entry, fields in entries if not fields]
         if gone:  # deleted while pending: nothing to answer
             self.redis.xack(self.options.stream, self.options.group, *gone)
         if not live:
             return
-        requests = [self._parse(entry, fields) for entry, fields in live]
+        requests = [self._request(entry, fields) for entry, fields in live]
         if redelivered:
             self._mark_poison(requests)
         todo = [r for r in requests if r.error is None]
-        groups = [[r] for r in todo] if redelivered else _by_columns(todo)
-        for group in groups:
-            self._score(group)
+        if redelivered:
+            batches = [batch for r in todo if (batch := self._checked(r)) is not None]
+        else:
+            batches = self._batches(todo)
+        for batch in batches:
+            self._score(batch)
         self._write(requests)
 
-    def _parse(self, entry: bytes, fields: dict[bytes, bytes]) -> _Request:
-        """The request in one entry, checked against the signature (or its error)."""
+    def _request(self, entry: bytes, fields: dict[bytes, bytes]) -> _Request:
         request_id = fields.get(b"id", entry).decode("utf-8", "replace")
         reply_to = fields.get(b"reply_to", b"").decode("utf-8", "replace")
-        request = _Request(entry, request_id, reply_to or self.options.replies)
+        content_type = fields.get(b"content_type", b"").decode("latin-1")
         body = fields.get(b"body")
+        request = _Request(entry, request_id, reply_to or self.options.replies, body, content_type)
         if body is None:
             request.error = InvalidInput(
                 'the request has no "body" field: send body={"records": [...]} or '
                 'body={"columns": {...}}',
                 field="body",
             )
-            return request
-        content_type = fields.get(b"content_type", b"").decode("latin-1")
+        return request
+
+    def _batches(self, requests: list[_Request]) -> list[_Batch]:
+        """``requests`` in batches of matching columns.
+
+        Plain JSON bodies (see :func:`_plain_columns`) with the same columns are merged into
+        one frame and checked once: building a DataFrame per request costs more than scoring
+        it. The rest, and a merged group the check refuses, are parsed and checked one by one
+        (each error is then its own request's), then grouped by their checked columns.
+        """
+        plain: dict[Any, list[tuple[_Request, dict[str, list[Any]]]]] = {}
+        alone: list[_Request] = []
+        for request in requests:
+            found = _plain_columns(request)
+            if found is None:
+                alone.append(request)
+            else:
+                plain.setdefault(found[0], []).append((request, found[1]))
+        batches = []
+        for group in plain.values():
+            merged = self._merged(group)
+            if merged is None:
+                alone.extend(request for request, _columns in group)
+            else:
+                batches.append(merged)
+        batches += [batch for r in alone if (batch := self._checked(r)) is not None]
+        return _by_columns(batches)
+
+    def _merged(self, group: list[tuple[_Request, dict[str, list[Any]]]]) -> _Batch | None:
+        """One checked frame of ``group``'s rows, or None when the check refuses it."""
+        import pandas as pd
+
+        if len(group) == 1:
+            return None
+        names = list(group[0][1])
+        columns = {name: [v for _r, body in group for v in body[name]] for name in names}
         try:
-            request.frame = self.predictor.check(frame_from_body(body, content_type))
+            frame = self.predictor.check(pd.DataFrame(columns))
+        except Exception:  # someone in the group is wrong: find out who, one by one
+            return None
+        for request, body in group:
+            request.rows = len(body[names[0]])
+        return _Batch([request for request, _columns in group], frame)
+
+    def _checked(self, request: _Request) -> _Batch | None:
+        """``request`` parsed and checked alone, or None with its error set."""
+        try:
+            frame = self.predictor.check(frame_from_body(request.body or b"", request.content_type))
         except KeelError as exc:
             request.error = exc
+            return None
         except Exception as exc:  # a body that breaks the parser must not stop the worker
-            log.exception("request %s could not be read", request_id)
+            log.exception("request %s could not be read", request.request_id)
             request.error = InvalidInput(f"the request cannot be read: {exc}", field="body")
-        return request
+            return None
+        request.rows = len(frame)
+        return _Batch([request], frame)
 
     def _mark_poison(self, requests: list[_Request]) -> None:
         """Error replies for entries delivered more than ``max_deliveries`` times."""
@@ -393,26 +453,27 @@ class Worker:
                     deliveries=times,
                 )
 
-    def _score(self, group: list[_Request]) -> None:
-        """Predictions for ``group`` in one call; if it fails, each request alone."""
+    def _score(self, batch: _Batch) -> None:
+        """Predictions for ``batch`` in one call; if it fails, each request alone."""
+        requests, frame = batch.requests, batch.frame
         try:
-            frame = group[0].frame if len(group) == 1 else _concat([r.frame for r in group])
             self.stats.predict_calls += 1
             rows = predictions_json(self.predictor.predict_checked(frame))
             if len(rows) != len(frame):
                 raise KeelError(f"the model returned {len(rows)} predictions for {len(frame)} rows")
         except Exception as exc:
-            if len(group) > 1:
-                for request in group:
-                    self._score([request])
+            if len(requests) == 1:
+                requests[0].error = _model_error(exc, requests[0].request_id)
                 return
-            group[0].error = _model_error(exc, group[0].request_id)
+            offset = 0
+            for request in requests:
+                self._score(_Batch([request], _rows(frame, offset, offset + request.rows)))
+                offset += request.rows
             return
         offset = 0
-        for request in group:
-            size = len(request.frame)
-            request.predictions = rows[offset : offset + size]
-            offset += size
+        for request in requests:
+            request.predictions = rows[offset : offset + request.rows]
+            offset += request.rows
 
     def _write(self, requests: list[_Request]) -> None:
         """Each reply, then the ack, atomically per entry (one round trip for all)."""
@@ -485,17 +546,66 @@ class Worker:
         return WorkerStats(**vars(now))
 
 
-def _by_columns(requests: list[_Request]) -> list[list[_Request]]:
-    """Requests grouped by their checked frame's columns and types (one predict each)."""
-    groups: dict[Any, list[_Request]] = {}
-    for request in requests:
-        frame = request.frame
+_KINDS: dict[type, str] = {int: "number", float: "number", str: "str", bool: "bool"}
+
+
+def _plain_columns(request: _Request) -> tuple[Any, dict[str, list[Any]]] | None:
+    """A JSON body's columns when merging it with others cannot change how any of its values
+    is read: well-formed ``records`` or ``columns`` whose every column holds one kind of value
+    (numbers, strings or booleans; no nulls, no nested values). Returns ``(key, columns)``,
+    the key naming the columns in order with their kinds; None sends the body the checked way.
+    """
+    if request.body is None or request.content_type not in ("", "application/json"):
+        return None
+    try:
+        payload = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict) or len(payload) != 1:
+        return None
+    columns = payload.get("columns")
+    if "records" in payload:
+        columns = _records_as_columns(payload["records"])
+    if not isinstance(columns, dict) or not columns:
+        return None
+    key = []
+    lengths = set()
+    for name, values in columns.items():
+        if not isinstance(values, list) or not values:
+            return None
+        kind = _KINDS.get(type(values[0]))
+        if kind is None or any(_KINDS.get(type(value)) != kind for value in values):
+            return None
+        key.append((name, kind))
+        lengths.add(len(values))
+    return (tuple(key), columns) if len(lengths) == 1 else None
+
+
+def _records_as_columns(records: Any) -> dict[str, list[Any]] | None:
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        return None
+    keys = records[0].keys()
+    if any(not isinstance(record, dict) or record.keys() != keys for record in records):
+        return None
+    return {name: [record[name] for record in records] for name in keys}
+
+
+def _by_columns(batches: list[_Batch]) -> list[_Batch]:
+    """``batches`` merged where their checked frames' columns and types match."""
+    groups: dict[Any, list[_Batch]] = {}
+    for batch in batches:
+        frame = batch.frame
         if hasattr(frame, "columns"):
             key: Any = (tuple(frame.columns), tuple(map(str, frame.dtypes)))
         else:  # an array signature
             key = (str(getattr(frame, "dtype", "")), tuple(getattr(frame, "shape", ()))[1:])
-        groups.setdefault(key, []).append(request)
-    return list(groups.values())
+        groups.setdefault(key, []).append(batch)
+    return [
+        group[0]
+        if len(group) == 1
+        else _Batch([r for b in group for r in b.requests], _concat([b.frame for b in group]))
+        for group in groups.values()
+    ]
 
 
 def _concat(frames: list[Any]) -> Any:
@@ -506,6 +616,10 @@ def _concat(frames: list[Any]) -> Any:
     import numpy as np
 
     return np.concatenate(frames)
+
+
+def _rows(frame: Any, start: int, stop: int) -> Any:
+    return frame.iloc[start:stop] if hasattr(frame, "iloc") else frame[start:stop]
 
 
 def _model_error(exc: Exception, request_id: str) -> KeelError:

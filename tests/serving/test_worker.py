@@ -207,6 +207,51 @@ def test_the_requests_of_one_read_are_scored_in_one_predict_call(
     assert worker.stats.answered == 30
 
 
+def test_a_requests_answer_does_not_depend_on_its_batch(
+    forest: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """Plain JSON bodies are merged before the signature check; each still gets exactly the
+    answer it would get alone (the answer of ``predict`` on its own body)."""
+    from keel.serving.bodies import frame_from_json
+    from keel.serving.worker_client import encode_body
+
+    stream = redis_prefix + "scoring"
+    X, _ = diabetes()
+    records = X.head(3).to_dict(orient="records")
+    bodies = [encode_body(rows) for rows in chunks(8)]
+    bodies += [
+        encode_body([{**records[0], "age": "forty"}]),  # a string where floats go, alone
+        encode_body([{**records[0], "age": "forty"}, {**records[1], "age": "fifty"}]),
+        encode_body([{**records[0], "age": "forty"}, records[1]]),  # mixed kinds in a column
+        encode_body([{**records[0], "age": None}]),  # a null
+        encode_body([{**records[0], "age": 0}, {**records[1], "age": 1}]),  # integers
+        encode_body({"columns": {"age": [0.01], "bmi": [0.02]}}),  # columns missing
+        encode_body([{**records[0], "extra": 1.0}]),  # a column the model does not know
+        encode_body({"records": [{"nested": [1.0]}]}),
+    ]
+    predictor, _version = load_model("models:/diabetes@champion")
+
+    def alone(body: bytes) -> Any:
+        try:
+            return predictor.predict(frame_from_json(body)).tolist()
+        except keel.KeelError as exc:
+            return exc.to_dict()
+
+    with BrokerClient(redis_url, stream) as client:
+        ids = [client.submit(body) for body in bodies]
+        options = WorkerOptions(stream=stream)
+        with in_thread("models:/diabetes@champion", redis_url, options) as worker:
+            replies = client.wait_all(ids, timeout=60)
+    assert worker.stats.predict_calls == 1  # every good request in one call
+    for body, reply in zip(bodies, replies, strict=True):
+        expected = alone(body)
+        if isinstance(expected, dict):
+            assert reply.error == expected, body
+        else:
+            np.testing.assert_allclose(reply.result(), expected)
+    assert sum(reply.ok for reply in replies) >= 8 + 1  # the integers are read as floats
+
+
 def test_a_request_the_model_refuses_fails_alone(
     forest: Any, redis_url: str, redis_prefix: str
 ) -> None:
