@@ -23,18 +23,28 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from keel.models.loading import Predictor
 
-__all__ = ["__version__", "load", "metadata", "predict"]
+__all__ = ["load", "metadata", "predict"]  # and __version__, read on first use
 
 _HERE = Path(__file__).resolve().parent
-_EXPORT = json.loads((_HERE / "keel-export.json").read_text(encoding="utf-8"))
 
-__version__: str = _EXPORT["package_version"]
+
+@functools.cache
+def _export() -> dict[str, Any]:
+    """``keel-export.json`` beside this module, read once (not at import)."""
+    info: dict[str, Any] = json.loads((_HERE / "keel-export.json").read_text(encoding="utf-8"))
+    return info
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the package's version, e.g. "3"
+        return _export()["package_version"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def metadata() -> dict[str, Any]:
     """The exported model: ``uri``, ``name``, ``version``, ``digest``, ``flavor``,
     ``signature`` (inputs and outputs), ``requirements``, ``python_version``..."""
-    return json.loads(json.dumps(_EXPORT))  # a copy the caller may change
+    return json.loads(json.dumps(_export()))  # a copy the caller may change
 
 
 @functools.cache
@@ -47,7 +57,8 @@ def load() -> Predictor:
     """
     from keel.models.loading import load_folder
 
-    return load_folder(_HERE / _EXPORT["model_folder"], digest=_EXPORT["digest"])
+    info = _export()
+    return load_folder(_HERE / info["model_folder"], digest=info["digest"])
 
 
 def predict(data: Any) -> Any:
