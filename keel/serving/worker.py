@@ -217,6 +217,8 @@ class Worker:
             try:
                 if not prepared:
                     self._prepare(stop)
+                    if delay > 0.5:
+                        log.info("connected to Redis at %s again", self.where)
                     prepared, delay = True, 0.5
                     next_claim = time.monotonic() + self._claim_every
                 if time.monotonic() >= next_claim:

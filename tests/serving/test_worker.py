@@ -9,6 +9,7 @@ worker subprocess loads them without importing this module.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -488,6 +489,61 @@ def test_redis_unreachable_is_a_warning_and_a_retry_not_a_traceback(
     assert "retrying in 0.5 s" in text
     assert "retrying in 1.0 s" in text
     assert "Traceback" not in text
+
+
+def _redis_server(port: int, folder: Path) -> Any:
+    """A redis-server of the test's own on ``port``, keeping nothing on disk."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not on PATH")
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        wait_for(lambda: _pings(client), "redis-server to answer", timeout=30, process=process)
+    finally:
+        client.close()
+    return process
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_worker_rides_out_a_redis_restart_that_lost_everything(
+    forest: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    X, _ = diabetes()
+    caplog.set_level("INFO", logger="keel.worker")
+    server = _redis_server(port, tmp_path)
+    try:
+        options = WorkerOptions(stream="scoring", block_ms=200)
+        with in_thread("models:/diabetes@champion", url, options) as worker:
+            first = submit(url, "scoring", X.head(2))
+            assert wait_reply(url, "scoring:replies", first, timeout=60).ok
+            server.terminate()  # nothing saved: the stream and the group are gone
+            server.wait(timeout=30)
+            wait_for(lambda: "cannot reach Redis" in caplog.text, "the worker to notice")
+            server = _redis_server(port, tmp_path)
+            second = submit(url, "scoring", X.head(3))
+            reply = wait_reply(url, "scoring:replies", second, timeout=120)
+        np.testing.assert_allclose(reply.result(), forest.predict(X.head(3)))
+        assert worker.stats.answered == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"cannot reach Redis at 127.0.0.1:{port}/0" in caplog.text
+    assert f"connected to Redis at 127.0.0.1:{port}/0 again" in caplog.text
+    assert "Traceback" not in caplog.text
 
 
 def test_a_bad_broker_url_is_one_red_line(cli: Any) -> None:
