@@ -16,7 +16,7 @@ instead (:func:`deployments_for`), as :func:`keel.models.api.registry_for` does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 
 from keel.auth.models import Role
@@ -198,7 +198,8 @@ class Deployments:
             return self.store.revision(name, target).config
 
         default = None if to is None else f"rollback to revision {to}"
-        return self._change(name, "rollback", build, note if note is not None else default)
+        text = note if note is not None else default
+        return self._change(name, "rollback", build, text, allow_same=True)
 
     def promote(
         self,
@@ -212,7 +213,7 @@ class Deployments:
         now = self.get(name)
         ref = now.config.canary(arm)
         target = self._version(ref)
-        self.resolve(now.config.promoted(ref))  # refuse before an alias moves
+        self.resolve(now.config.promoted(ref), known=now.config.refs)  # before an alias moves
         alias = as_ref = None
         moved = request = None
         if move_alias:
@@ -243,25 +244,32 @@ class Deployments:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def resolve(self, config: DeploymentConfig) -> dict[str, int]:
+    def resolve(self, config: DeploymentConfig, *, known: Collection[str] = ()) -> dict[str, int]:
         """The version each reference of ``config`` names now.
+
+        Args:
+            config: the configuration.
+            known: references the deployment has already: two of them resolving to one
+                version is not refused (an alias moved since they were written), so a change
+                that does not touch them, or a rollback, goes through.
 
         Raises:
             NotFound: a reference does not resolve (the message lists what exists).
-            InvalidInput: two arms are the same version, or a version cannot be served.
+            InvalidInput: a new reference is the same version as another arm, or a version
+                cannot be served.
         """
         resolved: dict[str, int] = {}
         seen: dict[tuple[str, int], str] = {}
         for ref in config.refs:
             version = self._version(ref)
             key = (version.name, version.version)
-            if key in seen:
+            if key in seen and not (ref in known and seen[key] in known):
                 raise InvalidInput(
                     f"{seen[key]} and {ref} are both {version.name}/{version.version}; each "
                     "arm serves a different version",
                     refs=[seen[key], ref],
                 )
-            seen[key] = ref
+            seen.setdefault(key, ref)
             resolved[ref] = version.version
         return resolved
 
@@ -283,6 +291,8 @@ class Deployments:
         action: Action,
         build: Callable[[Deployment], DeploymentConfig],
         note: str | None,
+        *,
+        allow_same: bool = False,
     ) -> Deployment:
         """Build the new configuration on the current revision and append it; rebuilt when
         another writer appended a revision meanwhile (see :mod:`~.store`)."""
@@ -290,7 +300,8 @@ class Deployments:
         for attempt in range(ATTEMPTS):
             now = self.store.get(name)
             config = build(now)
-            resolved = self.resolve(config)
+            known = config.refs if allow_same else now.config.refs
+            resolved = self.resolve(config, known=known)
             try:
                 return self.store.append(
                     name,
@@ -486,7 +497,10 @@ def rollback(
     """A new revision with the configuration of the previous one (or of revision ``to``).
 
     Aliases in it are resolved again: a rollback restores what the deployment named, not the
-    versions those aliases pointed at then (name versions, ``NAME/3``, to pin them).
+    versions those aliases pointed at then (name versions, ``NAME/3``, to pin them). Two
+    references that now resolve to one version are kept (both arms serve it; ``resolved``
+    shows it). The other changes refuse only a reference they add that is the same version as
+    another arm.
 
     Raises:
         InvalidInput: there is no previous revision, or ``to`` is the current one.

@@ -243,6 +243,15 @@ def rollback(name: str, to: int | None, note: str | None) -> None:
     """
     done = api.rollback(name, to=to, note=note)
     click.echo(f"{done.name} revision {done.revision}: {done.config.describe()}")
+    shared: dict[int, list[str]] = {}
+    for ref in done.config.refs:
+        shared.setdefault(done.resolved[ref], []).append(ref)
+    for version, refs in shared.items():
+        if len(refs) > 1:
+            click.echo(
+                f"note: {' and '.join(refs)} resolve to the same version ({version}) now",
+                err=True,
+            )
 
 
 @deploy.command("add-shadow")

@@ -61,6 +61,7 @@ class DeploymentSource:
         self.interval = interval
         self.settings = settings
         self._client: Any = None
+        self._handles: tuple[Any, Any] | None = None  # (deployments, registry), kept open
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -100,23 +101,39 @@ class DeploymentSource:
         return {"kind": KIND, "name": self.name, "interval": self.interval}
 
     def close(self) -> None:
-        """Close the tracking client a remote load opened, if any."""
-        client, self._client = self._client, None
+        """Close the connections the source keeps between polls."""
+        with self._lock:
+            client, self._client = self._client, None
+            handles, self._handles = self._handles, None
         if client is not None:
             client.close()
+        for handle in handles or ():
+            handle.close()
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _read(self) -> tuple[Deployment, dict[str, ModelVersion]]:
         """The deployment now, and the version each of its references resolves to (once)."""
-        with deployments_for(self.settings) as deployments:
-            deployment = deployments.get(self.name)
+        deployments, registry = self._open()
+        deployment = deployments.get(self.name)
         versions: dict[str, ModelVersion] = {}
-        with registry_for(self.settings) as registry:
-            for ref in deployment.config.refs:
-                parsed = parse_version_ref(ref)
-                versions[ref] = registry.get_version(parsed.name, parsed.selector)
+        for ref in deployment.config.refs:
+            parsed = parse_version_ref(ref)
+            versions[ref] = registry.get_version(parsed.name, parsed.selector)
         return deployment, versions
+
+    def _open(self) -> tuple[Any, Any]:
+        """The deployments and the registry, opened once (a poll then costs a few queries,
+        not an engine and a schema check each)."""
+        with self._lock:
+            if self._handles is None:
+                deployments = deployments_for(self.settings)
+                try:
+                    self._handles = (deployments, registry_for(self.settings))
+                except BaseException:
+                    deployments.close()
+                    raise
+            return self._handles
 
     def _plan(
         self,

@@ -123,6 +123,14 @@ def test_shadows_are_added_and_removed(registered: Registered, settings: Setting
     with pytest.raises(InvalidInput, match="not a shadow"):
         api.remove_shadow("churn", "diabetes/3", settings=settings)
 
+    # two arms whose aliases came to point at one version do not block other changes
+    api.set_traffic("churn", {"diabetes@challenger": 10}, settings=settings)
+    registry.set_alias("diabetes", "challenger", 1, settings=settings)
+    again = api.add_shadow("churn", "diabetes/3", settings=settings)
+    assert again.resolved == {"diabetes@champion": 1, "diabetes@challenger": 1, "diabetes/3": 3}
+    with pytest.raises(InvalidInput, match="diabetes@champion and diabetes/1 are both diabetes/1"):
+        api.set_traffic("churn", {"diabetes/1": 5}, settings=settings)
+
 
 def test_promote_the_canary_keeps_the_shadows(registered: Registered, settings: Settings) -> None:
     api.create(
