@@ -152,7 +152,7 @@ class PredictionLog:
         model: str | None,
         version: int | None,
         role: str,
-        inputs: pd.DataFrame | None,
+        inputs: pd.DataFrame | dict[str, Any] | None,
         outputs: Any,
         latency_ms: float,
         error: str | None = None,
@@ -170,7 +170,9 @@ class PredictionLog:
             model: registered model name, None for a ``runs:/`` model.
             version: registered version, None for a ``runs:/`` model.
             role: ``"primary"`` or ``"shadow"``.
-            inputs: the request's rows (None when the body was not a table: one row is logged).
+            inputs: the request's rows: a DataFrame, or a dict of column name to list of
+                values (what a body parser has before pandas; about 10x cheaper to write);
+                None when the body was not a table (one row is logged).
             outputs: one prediction per input row (a list, an array, a Series or a DataFrame),
                 None when ``error`` is set.
             latency_ms: the request's scoring latency.
@@ -178,10 +180,11 @@ class PredictionLog:
 
         Raises:
             InvalidInput: ``role`` is not primary or shadow, ``request_id`` is not a string,
-                ``time_ms`` not an integer, or ``outputs`` has not one entry per input row (a
-                bug in the caller, raised before anything is kept).
+                ``time_ms`` not an integer, input columns differ in length, or ``outputs`` has
+                not one entry per input row (a bug in the caller, raised before anything is
+                kept).
         """
-        rows = 1 if inputs is None else len(inputs)
+        rows = 1 if inputs is None else _rows(inputs)
         if role not in ROLES:
             raise InvalidInput(f"role must be 'primary' or 'shadow', not {role!r}", role=role)
         if not isinstance(request_id, str) or not isinstance(time_ms, int):
@@ -442,6 +445,16 @@ class PredictionLog:
                 self._max_rows,
                 dropped,
             )
+
+
+def _rows(inputs: Any) -> int:
+    """Rows of a DataFrame, or of a dict of equal-length columns (checked: O(columns))."""
+    if not isinstance(inputs, dict):
+        return len(inputs)
+    lengths = {len(values) for values in inputs.values()}
+    if len(lengths) > 1:
+        raise InvalidInput(f"the input columns differ in length: {sorted(lengths)}")
+    return lengths.pop() if lengths else 0
 
 
 def log_url(settings: Settings) -> str:

@@ -127,11 +127,28 @@ def table_of(kind: str, batch: list[tuple[Any, ...]], deployment: str) -> pa.Tab
     if kind == "feedback":
         return _feedback_table(batch, deployment)
     groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    names: dict[int, tuple[Any, ...]] = {}  # id of a columns Index (alive meanwhile) -> names
     for entry in batch:  # same input columns and output kind: one pandas.concat
         inputs, outputs = entry[6], entry[7]
-        columns = None if inputs is None else tuple(inputs.columns)
+        columns = None
+        if isinstance(inputs, dict):
+            columns = ("dict", tuple(inputs))
+        elif inputs is not None:
+            index = inputs.columns
+            columns = names.get(id(index))
+            if columns is None:
+                columns = names[id(index)] = ("frame", _names(index))
         groups[(columns, hasattr(outputs, "columns"))].append(entry)
     return _concat([_group_table(group, deployment) for group in groups.values()])
+
+
+def _names(index: Any) -> tuple[Any, ...]:
+    """A columns Index as a tuple: through Arrow for pandas' Arrow-backed strings (2x faster
+    than ``tolist``, 3x than ``tuple(index)``), else ``tolist``."""
+    arrow = getattr(index.array, "__arrow_array__", None)
+    if arrow is not None:
+        return tuple(arrow().to_pylist())
+    return tuple(index.tolist())
 
 
 def _group_table(entries: list[tuple[Any, ...]], deployment: str) -> pa.Table:
@@ -166,7 +183,11 @@ def _group_table(entries: list[tuple[Any, ...]], deployment: str) -> pa.Table:
         "error": per_entry(9, pa.string()),
     }
     table = pa.table(columns)
-    if entries[0][6] is not None:
+    if isinstance(entries[0][6], dict):
+        for name in entries[0][6]:
+            values = chain.from_iterable(e[6][name] for e in entries)
+            table = table.append_column(f"input.{name}", _array(list(values)))
+    elif entries[0][6] is not None:
         table = _append(table, _frames_table([e[6] for e in entries], "input."))
     if hasattr(entries[0][7], "columns"):
         return _append(table, _frames_table([e[7] for e in entries], "output."))
@@ -186,11 +207,34 @@ def _frames_table(frames: list[Any], prefix: str) -> pa.Table:
     """One table of ``frames`` (same columns; dtypes may differ: concat widens them)."""
     import pandas as pd
 
+    if len(frames) > 1:
+        stacked = _stacked(frames, prefix)
+        if stacked is not None:
+            return stacked
     try:
         frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         return _frame_table(frame, prefix)
     except Exception:  # e.g. a warning turned error, duplicate columns: frame by frame
         return _concat([_frame_table(frame, prefix) for frame in frames])
+
+
+def _stacked(frames: list[Any], prefix: str) -> pa.Table | None:
+    """Frames whose columns all have one numpy number or bool dtype as one 2-D array (one
+    ``to_numpy`` each): 5-10x faster than ``pandas.concat`` for many small frames. None when
+    they do not all qualify (then ``pandas.concat`` does it, at about 150-300 us a frame)."""
+    import numpy as np
+    import pyarrow as pa
+
+    kinds = set(frames[0].dtypes)
+    kind = kinds.pop() if len(kinds) == 1 else None
+    if not isinstance(kind, np.dtype) or kind.kind not in "biuf":
+        return None
+    arrays = [frame.to_numpy() for frame in frames]
+    if any(array.dtype != kind for array in arrays):
+        return None
+    matrix = np.concatenate(arrays)
+    columns = [pa.array(matrix[:, at], from_pandas=True) for at in range(matrix.shape[1])]
+    return pa.table(columns, names=[f"{prefix}{name}" for name in frames[0].columns])
 
 
 def _frame_table(frame: Any, prefix: str) -> pa.Table:

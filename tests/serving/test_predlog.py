@@ -414,6 +414,37 @@ def test_a_request_that_was_not_a_table_is_one_row_without_inputs(tmp_path: Path
     assert read["output"].tolist()[0] == 2.0 and pd.isna(read["input.a"][1])
 
 
+def test_inputs_as_a_dict_of_columns_read_back_like_frames(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    columns = {"n": [1, 2], "x": [0.5, 1.5], "s": ["a", "b"]}
+    log.log(**_base("dict", START), inputs=columns, outputs=[10.0, 20.0])
+    log.log(**_base("frame", START + 1), inputs=pd.DataFrame(columns), outputs=[10.0, 20.0])
+    log.log(**_base("uneven ints", START + 2), inputs={"n": [3], "x": [2], "s": ["c"]}, outputs=[1])
+    with pytest.raises(InvalidInput, match="differ in length"):
+        log.log(**_base("bad", START), inputs={"n": [1, 2], "x": [1.0]}, outputs=None)
+    log.close()
+    read = read_predictions(root, "d1")
+    assert read["request_id"].tolist() == ["dict", "dict", "frame", "frame", "uneven ints"]
+    assert read["input.n"].tolist() == [1, 2, 1, 2, 3] and str(read["input.n"].dtype) == "int64"
+    assert read["input.x"].tolist() == [0.5, 1.5, 0.5, 1.5, 2.0]
+    assert read["input.s"].tolist() == ["a", "b", "a", "b", "c"]
+
+
+def test_many_small_numeric_frames_keep_their_dtypes(tmp_path: Path) -> None:
+    root = str(tmp_path / "log")
+    log = PredictionLog(root, "d1", flush_seconds=3600)
+    for i in range(50):  # all-float frames, all-int frames, then an int frame among floats
+        log.log(**_base(f"f{i}", START + i), inputs=pd.DataFrame({"a": [i + 0.5]}), outputs=[1])
+        log.log(**_base(f"i{i}", START + i), inputs=pd.DataFrame({"b": [i]}), outputs=[1])
+    log.log(**_base("int among floats", START + 60), inputs=pd.DataFrame({"a": [7]}), outputs=[1])
+    log.close()
+    read = read_predictions(root, "d1").set_index("request_id")
+    assert read.loc["f49", "input.a"] == 49.5 and read.loc["int among floats", "input.a"] == 7.0
+    assert str(read["input.a"].dtype) == "float64"
+    assert read.loc["i49", "input.b"] == 49 and read["input.b"].dropna().map(float.is_integer).all()
+
+
 def _base(request_id: str, time_ms: int) -> dict[str, object]:
     return {
         "request_id": request_id,
