@@ -182,12 +182,15 @@ def _keel_prepare(model: Path, workdir: Path) -> None:
     run_side(KEEL_PYTHON, ["keel", model], _keel_env(workdir), workdir)
 
 
-def _keel_launch(model: Path, workdir: Path, port: int) -> Launch:
-    argv = [
-        str(KEEL_PYTHON.parent / "keel"), "serve", "models:/diabetes@champion",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    return Launch(argv, workdir, _keel_env(workdir))
+def _keel_launch(*options: str) -> Callable[[Path, Path, int], Launch]:
+    def launch(model: Path, workdir: Path, port: int) -> Launch:
+        argv = [
+            str(KEEL_PYTHON.parent / "keel"), "serve", "models:/diabetes@champion",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", *options,
+        ]  # fmt: skip
+        return Launch(argv, workdir, _keel_env(workdir))
+
+    return launch
 
 
 PEERS = {
@@ -211,8 +214,12 @@ PEERS = {
             _bentoml_prepare, lambda body: body, arrays=True,
         ),
         Peer(
-            "keel", "keel serve", KEEL_PYTHON, "/predict", "/ready", "records", _keel_launch,
+            "keel", "keel serve", KEEL_PYTHON, "/predict", "/ready", "records", _keel_launch(),
             _keel_prepare,
+        ),
+        Peer(
+            "keel-nolog", "keel serve --no-log-predictions", KEEL_PYTHON, "/predict", "/ready",
+            "records", _keel_launch("--no-log-predictions"), _keel_prepare,
         ),
     )
 }  # fmt: skip
