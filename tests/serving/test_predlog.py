@@ -62,10 +62,12 @@ def _files(root: Path, kind: str = "predictions") -> list[Path]:
     return sorted(root.glob(f"{kind}/deployment=*/hour=*/*.parquet"))
 
 
-def _wait_for(condition: Callable[[], bool], log: PredictionLog, seconds: float = 20.0) -> None:
+def _wait_for(
+    condition: Callable[[], bool], log: PredictionLog | None = None, seconds: float = 20.0
+) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out: {log.stats()}"
+        assert time.monotonic() < deadline, f"timed out: {log.stats() if log else ''}"
         time.sleep(0.02)
 
 
@@ -245,6 +247,47 @@ def test_two_worker_processes_write_side_by_side(tmp_path: Path) -> None:
     assert len(read) == 2000 and read["request_id"].nunique() == 2000
     by_id = read.set_index("request_id")
     assert by_id.loc["q999", "output"] == 1998.0 and by_id.loc["p7", "input.x"] == 7.0
+
+
+_DURABILITY = f"""
+import sys, time
+import pandas as pd
+from keel.serving.predlog import PredictionLog
+root, flush_seconds, then = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+log = PredictionLog(root, "d1", flush_seconds=flush_seconds)
+for i in range(500):
+    log.log(request_id=f"r{{i}}", time_ms={START} + i, arm="m/1", model="m", version=1,
+            role="primary", inputs=pd.DataFrame({{"x": [float(i)]}}), outputs=[1.0],
+            latency_ms=0.5)
+print("logged", flush=True)
+if then == "wait":
+    time.sleep(120)
+"""  # with then="exit" the process ends without close(): atexit writes the rows
+
+
+@pytest.mark.parametrize("ending", ["exit", "kill -9 after flush_seconds"])
+def test_rows_survive_a_normal_exit_and_a_kill_after_flush_seconds(
+    tmp_path: Path, ending: str
+) -> None:
+    root = str(tmp_path / "log")
+    exits = ending == "exit"
+    command = [sys.executable, "-c", _DURABILITY, root, "3600" if exits else "0.2"]
+    process = subprocess.Popen(
+        [*command, "exit" if exits else "wait"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "logged"
+        if exits:
+            assert process.wait(timeout=60) == 0
+        else:
+            _wait_for(lambda: len(_files(Path(root))) > 0, seconds=60)
+            time.sleep(0.5)  # past flush_seconds: everything logged is on disk
+            process.kill()
+            process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert len(read_predictions(root, "d1")) == 500
 
 
 def test_a_failed_write_keeps_the_rows_and_succeeds_once_the_folder_is_usable(
