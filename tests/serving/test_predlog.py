@@ -562,6 +562,21 @@ def test_open_log_writes_under_the_artifact_store(home: Path) -> None:
     assert len(_files(Path(settings.artifacts_url) / "predictions-log")) == 1
 
 
+def test_keel_gc_leaves_prediction_logs_alone(home: Path, tmp_path: Path) -> None:
+    from keel.artifacts import ArtifactStore
+    from keel.gc import gc
+
+    settings = Settings()
+    log = open_log(settings, "d1", flush_seconds=3600)
+    _log(log, "r1", START, _request(1, 2))
+    log.close()
+    garbage = ArtifactStore(settings.artifacts_url).put_bytes(b"referenced by nothing")
+    report = gc(settings=settings, root=tmp_path, grace=0)
+    assert not ArtifactStore(settings.artifacts_url).exists(garbage.digest)  # gc did run
+    assert report.bytes_freed > 0
+    assert read_predictions(log_url(settings), "d1")["request_id"].tolist() == ["r1", "r1"]
+
+
 def test_log_does_no_heavy_work_on_the_callers_thread(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path / "log"), "d1", flush_rows=10**7, flush_seconds=3600)
     frame = _request(1, 100)
