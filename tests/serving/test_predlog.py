@@ -577,6 +577,20 @@ def test_keel_gc_leaves_prediction_logs_alone(home: Path, tmp_path: Path) -> Non
     assert read_predictions(log_url(settings), "d1")["request_id"].tolist() == ["r1", "r1"]
 
 
+def test_the_python_examples_of_the_docs_run(home: Path) -> None:
+    text = (Path(__file__).parents[2] / "docs" / "prediction-logs.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    read, other_tools, write = blocks  # in the order the page shows them
+    scope: dict[str, object] = {}
+    exec(write, scope)  # the log and feedback example writes three rows and a label
+    exec(read, scope)
+    scored = scope["scored"]
+    assert isinstance(scored, pd.DataFrame)
+    assert scored[["request_id", "row", "label"]].values.tolist() == [["r1", 0, 148.0]]
+    exec(other_tools.replace('f"{root}', 'f"' + str(scope["root"])), scope)
+    assert len(scope["frame"]) == 3  # type: ignore[arg-type]
+
+
 def test_log_does_no_heavy_work_on_the_callers_thread(tmp_path: Path) -> None:
     log = PredictionLog(str(tmp_path / "log"), "d1", flush_rows=10**7, flush_seconds=3600)
     frame = _request(1, 100)
