@@ -193,9 +193,9 @@ class PredictionLog:
                 request_id=repr(request_id),
                 time_ms=repr(time_ms),
             )
-        if outputs is not None and len(outputs) != rows:
+        if outputs is not None and _length(outputs) != rows:
             raise InvalidInput(
-                f"{len(outputs)} outputs for {rows} input rows: log one output per row",
+                f"{_length(outputs)} outputs for {rows} input rows: log one output per row",
                 request_id=request_id,
             )
         if rows == 0:  # keep the request on record, as one row without inputs
@@ -263,7 +263,7 @@ class PredictionLog:
             self._wake.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=_CLOSE_WAIT)
-        error = self._write_pending()
+        error = self._write_pending(wait=_CLOSE_WAIT)
         if error is not None:
             with self._lock:
                 lost = self._buffered
@@ -342,31 +342,40 @@ class PredictionLog:
         first = min(1.0, self._flush_seconds)
         return float(min(first * 2 ** (self._failures - 1), max(self._flush_seconds, _MAX_BACKOFF)))
 
-    def _write_pending(self) -> str | None:
-        """Write what is buffered; put back what failed. The error, or None."""
-        with self._write_lock:
-            with self._lock:
-                predictions, self._predictions = self._predictions, deque()
-                labels, self._labels = self._labels, deque()
-                self._in_flight, self._buffered = self._buffered, 0
-                self._woken = False
-                self._wake.clear()
-            if not predictions and not labels:
-                with self._lock:
-                    self._in_flight = 0
-                return None
-            failed_predictions, error = self._write_kind("predictions", predictions)
-            failed_labels, label_error = self._write_kind("feedback", labels)
-            error = error or label_error
+    def _write_pending(self, *, wait: float = -1) -> str | None:
+        """Write what is buffered; put back what failed. The error, or None. ``wait``: how
+        long to wait for a write in progress on another thread (-1: as long as it takes)."""
+        if not self._write_lock.acquire(timeout=wait):
+            return f"a write in progress did not finish within {wait:g} s"
+        try:
+            return self._write_taken()
+        finally:
+            self._write_lock.release()
+
+    def _write_taken(self) -> str | None:
+        """Take everything buffered, write it, put back what failed (under the write lock)."""
+        with self._lock:
+            predictions, self._predictions = self._predictions, deque()
+            labels, self._labels = self._labels, deque()
+            self._in_flight, self._buffered = self._buffered, 0
+            self._woken = False
+            self._wake.clear()
+        if not predictions and not labels:
             with self._lock:
                 self._in_flight = 0
-                self._predictions.extendleft(reversed(failed_predictions))
-                self._labels.extendleft(reversed(failed_labels))
-                self._buffered += sum(e[ROWS] for e in failed_predictions) + len(failed_labels)
-                if self._buffered > self._max_rows:
-                    self._drop_oldest(self._buffered - self._max_rows)
-            self._note(error)
-            return error
+            return None
+        failed_predictions, error = self._write_kind("predictions", predictions)
+        failed_labels, label_error = self._write_kind("feedback", labels)
+        error = error or label_error
+        with self._lock:
+            self._in_flight = 0
+            self._predictions.extendleft(reversed(failed_predictions))
+            self._labels.extendleft(reversed(failed_labels))
+            self._buffered += sum(e[ROWS] for e in failed_predictions) + len(failed_labels)
+            if self._buffered > self._max_rows:
+                self._drop_oldest(self._buffered - self._max_rows)
+        self._note(error)
+        return error
 
     def _write_kind(
         self, kind: str, entries: Iterable[tuple[Any, ...]]
@@ -450,11 +459,25 @@ class PredictionLog:
 def _rows(inputs: Any) -> int:
     """Rows of a DataFrame, or of a dict of equal-length columns (checked: O(columns))."""
     if not isinstance(inputs, dict):
+        if not hasattr(inputs, "columns"):
+            raise InvalidInput(
+                f"inputs must be a DataFrame or a dict of columns, not {type(inputs).__name__}"
+            )
         return len(inputs)
-    lengths = {len(values) for values in inputs.values()}
+    lengths = {_length(values) for values in inputs.values()}
     if len(lengths) > 1:
         raise InvalidInput(f"the input columns differ in length: {sorted(lengths)}")
     return lengths.pop() if lengths else 0
+
+
+def _length(values: Any) -> int:
+    try:
+        return len(values)
+    except TypeError:
+        raise InvalidInput(
+            f"expected one value per row (a list, an array, a Series or a DataFrame), not "
+            f"{type(values).__name__}"
+        ) from None
 
 
 def log_url(settings: Settings) -> str:

@@ -529,6 +529,10 @@ def test_bad_calls_are_refused_before_anything_is_kept(tmp_path: Path) -> None:
         inputs = pd.DataFrame({"a": [1, 2]})
         with pytest.raises(InvalidInput, match="1 outputs for 2 input rows"):
             log.log(**_base("r", START), inputs=inputs, outputs=[1])
+        with pytest.raises(InvalidInput, match="one value per row"):
+            log.log(**_base("r", START), inputs=inputs.head(1), outputs=3.5)
+        with pytest.raises(InvalidInput, match="DataFrame or a dict of columns, not list"):
+            log.log(**_base("r", START), inputs=[[1], [2]], outputs=None)  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="role"):
             log.log(**{**_base("r", START), "role": "canary"}, inputs=inputs, outputs=None)
         with pytest.raises(InvalidInput, match="row index"):
