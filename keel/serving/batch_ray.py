@@ -14,12 +14,17 @@ writes the one output file as the local engine does: rows, order and values are 
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keel import errors
 from keel.errors import InvalidInput, KeelError, MissingExtra
 from keel.models.flavors import get_flavor
 from keel.models.loading import Predictor
@@ -94,7 +99,7 @@ def _import_ray() -> Any:
 
 def _connect(ray: Any, address: str | None) -> None:
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "RAY_ADDRESS (or a new local Ray)"
         raise KeelError(f"cannot connect to Ray at {where}: {exc}") from None
@@ -142,39 +147,70 @@ def _read(ray: Any, job: BatchJob, *, include_paths: bool) -> Any:
         "file_extensions": None,
     }
     files = list(source.files)
-    if source.format == "parquet":
-        return ray.data.read_parquet(files, columns=job.columns, **common)
+    if source.format == "parquet":  # the projection is pushed down into the read
+        columns = [*job.columns, _PATH_COLUMN] if include_paths else job.columns
+        with _first_parquet_reader(ray):
+            return ray.data.read_parquet(files, **common).select_columns(columns)
     options = csv_options(columns=job.columns, types=job.csv_types)
     return ray.data.read_csv(files, **options, **common)
 
 
+@contextmanager
+def _first_parquet_reader(ray: Any) -> Iterator[None]:
+    """Build the read with Ray's first Parquet datasource: the second (the default since Ray
+    2.5x) lists files in 8 threads that each try to import fsspec's HTTP module, which fails
+    without aiohttp, and the threads race on the half-imported module (``cannot import name
+    'HTTPFileSystem'``, seen one run in three with two files)."""
+    context = ray.data.DataContext.get_current()
+    before = getattr(context, "use_datasource_v2", None)
+    if before is None:
+        yield
+        return
+    context.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        context.use_datasource_v2 = before
+
+
 def _batches(dataset: Any) -> Any:
-    """The dataset's output batches; a failure inside Ray becomes the KeelError it carries."""
+    """The dataset's output batches; a Keel error raised in an actor is raised again here."""
     try:
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     except KeelError:
         raise
     except Exception as exc:
-        cause = _keel_cause(exc)
-        if cause is not None:
-            raise cause from None
-        raise KeelError(f"the Ray job failed: {_first_line(exc)}") from exc
+        raise _keel_error_in(exc) or KeelError(f"the Ray job failed: {_raised_in(exc)}") from None
 
 
-def _keel_cause(exc: BaseException) -> KeelError | None:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeelError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
-    return None
+_KEEL_RAISED = re.compile(r"^keel\.errors\.(\w+): (.+)$", re.MULTILINE)
+_RAISED = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 
 
-def _first_line(exc: BaseException) -> str:
+def _keel_error_in(exc: BaseException) -> KeelError | None:
+    """The Keel error an actor raised, rebuilt from Ray's report of it: Ray sends a user
+    function's error to the driver as text inside its own ``RayTaskError(UserCodeException)``,
+    without the exception object."""
+    found = _KEEL_RAISED.search(str(exc))
+    if found is None:
+        return None
+    name, message = found.groups()
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, KeelError):
+        try:
+            return kind(message)
+        except TypeError:  # a kind whose constructor takes more than a message
+            pass
+    return KeelError(message)
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The innermost ``Kind: message`` line of Ray's report, else its first line."""
+    found = _RAISED.findall(str(exc))
+    if found:
+        return ": ".join(found[0])
     text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _table(batch: Any) -> pa.Table:
@@ -207,18 +243,33 @@ class RayScorer:
         self._url, self._root = source_url, source_root
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        where = f"a batch of {batch.num_rows} rows"
-        if _PATH_COLUMN in batch.column_names and _PATH_COLUMN not in self._scorer.keep:
-            paths = batch.column(_PATH_COLUMN)
-            where += f" from {self._display(paths[0].as_py())}"
-            batch = batch.drop_columns([_PATH_COLUMN])
-        return self._scorer.score(batch, where=where)
+        if _PATH_COLUMN not in batch.column_names or _PATH_COLUMN in self._scorer.keep:
+            return self._scorer.score(batch, where=f"a batch of {batch.num_rows} rows")
+        paths = batch.column(_PATH_COLUMN)
+        rows = batch.drop_columns([_PATH_COLUMN])
+        try:
+            return self._scorer.score(rows, where=f"a batch of {batch.num_rows} rows")
+        except KeelError:
+            self._find_the_file(rows, paths)  # raises, naming the file (a batch spans files)
+            raise
+
+    def _find_the_file(self, rows: pa.Table, paths: pa.ChunkedArray) -> None:
+        """Score the rows of each file of a failed batch alone: the first to fail raises an
+        error naming its file."""
+        import pyarrow.compute as pc
+
+        for path in pc.unique(paths).to_pylist():
+            part = rows.filter(pc.equal(paths, path))
+            self._scorer.score(part, where=f"{self._display(path)} ({part.num_rows} rows)")
 
     def _display(self, path: str) -> str:
+        """``path`` as the user named it: under the input URL they gave."""
         root = self._root.rstrip("/")
-        if path == root or not path.startswith(root + "/"):
-            return self._url if path == root else path
-        return self._url.rstrip("/") + path[len(root) :]
+        if path == root:
+            return self._url
+        if path.startswith(root + "/"):
+            return self._url.rstrip("/") + path[len(root) :]
+        return path
 
 
 def model_files(folder: Path) -> dict[str, bytes]:
