@@ -30,6 +30,8 @@ __all__ = [
     "audit_log",
     "dataset_versions",
     "datasets",
+    "deployment_revisions",
+    "deployments",
     "experiment_grants",
     "experiment_tags",
     "experiments",
@@ -513,4 +515,36 @@ gate_verdicts = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("created_by", String(256), nullable=False),
     _version_key(),
+)
+
+# -- deployments (revision 0012) ------------------------------------------------------------
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("deployment_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("revision", Integer, nullable=False),  # the current one
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("updated_by", String(256), nullable=False),
+)
+
+deployment_revisions = Table(
+    "deployment_revisions",
+    metadata,
+    Column(
+        "deployment_id",
+        Integer,
+        ForeignKey("deployments.deployment_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("revision", Integer, primary_key=True),
+    Column("config", Text, nullable=False),  # JSON: primaries, shadows
+    Column("resolved", Text, nullable=False),  # JSON object ref -> version
+    Column("action", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("note", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
 )

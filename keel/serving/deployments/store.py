@@ -19,14 +19,7 @@ import json
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    ForeignKey,
-    Integer,
-    String,
-    Table,
-    Text,
     delete,
     select,
     update,
@@ -39,38 +32,8 @@ from keel.serving.deployments.models import Deployment, DeploymentConfig, Revisi
 
 __all__ = ["DeploymentStore", "StaleRevision", "deployment_revisions", "deployments"]
 
-# Declared on keel.db.schema's MetaData (keep_existing: a no-op once schema.py declares them).
-deployments = Table(
-    "deployments",
-    schema.metadata,
-    Column("deployment_id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("revision", Integer, nullable=False),  # the current one
-    Column("created_at", BigInteger, nullable=False),
-    Column("created_by", String(256), nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    Column("updated_by", String(256), nullable=False),
-    keep_existing=True,
-)
-
-deployment_revisions = Table(
-    "deployment_revisions",
-    schema.metadata,
-    Column(
-        "deployment_id",
-        Integer,
-        ForeignKey("deployments.deployment_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("revision", Integer, primary_key=True),
-    Column("config", Text, nullable=False),  # JSON: primaries, shadows
-    Column("resolved", Text, nullable=False),  # JSON object ref -> version
-    Column("action", String(32), nullable=False),
-    Column("actor", String(256), nullable=False),
-    Column("note", Text, nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    keep_existing=True,
-)
+deployments = schema.deployments
+deployment_revisions = schema.deployment_revisions
 
 _d = deployments
 _r = deployment_revisions
