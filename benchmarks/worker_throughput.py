@@ -3,15 +3,17 @@ and without micro-batching, and the round-trip latency of one request at a time.
 
 Run by hand from the repository root (Redis at 127.0.0.1:6379)::
 
-    python benchmarks/worker_throughput.py [--requests 3000] [--rows 1] [--broker URL]
+    python benchmarks/worker_throughput.py [--requests 2000] [--repeats 3] [--rows 1]
 
 The model is a 100-tree ``RandomForestRegressor`` on the diabetes data, logged and registered in
 a temporary Keel home. For each configuration (workers x ``--batch``) the workers are started
 as ``keel worker`` subprocesses and waited for (each has joined the group), warmed up with 50
 requests, then the producer adds ``--requests`` requests of ``--rows`` rows with pipelined
 ``XADD`` and the clock runs until the last reply has been read: requests/s of a backlog drained
-by the workers. Every reply is checked against the model's own ``predict``. The floor is the
-bare model in this process: ``predict`` on one request's rows, and on 64 requests' rows at once.
+by the workers. Each configuration runs ``--repeats`` times, the configurations taking turns,
+and the table shows the median and the best. Every reply is checked against the model's own
+``predict``. The floor is the bare model in this process: ``predict`` on one request's rows,
+and on 64 requests' rows at once.
 
 Results go to ``benchmarks/results/worker-<date>.json`` and print as Markdown for
 ``docs/workers.md``.
@@ -150,7 +152,7 @@ def measure(broker: str, workers: int, batch: int, rows: Any, expected: Any, per
 
 def latency(broker: str, rows: Any, count: int) -> dict:
     """One worker (--batch 64), one request at a time: p50 and p99 of submit to reply."""
-    from keel.serving.worker_client import BrokerClient
+    from keel.serving.worker_client import BrokerClient, connect
 
     stream = f"keel-bench:{uuid.uuid4().hex[:8]}"
     processes = start_workers(broker, stream, 1, 64)
@@ -163,11 +165,13 @@ def latency(broker: str, rows: Any, count: int) -> dict:
                 client.predict(rows.iloc[i % len(rows) : i % len(rows) + 1], timeout=60)
                 if i >= 20:
                     took.append(time.perf_counter() - start)
-            client.redis.delete(stream)
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+        cleanup = connect(broker)
+        cleanup.delete(stream)
+        cleanup.close()
     took.sort()
     return {
         "requests": count,
@@ -197,16 +201,38 @@ def floor(model: Any, X: Any, per: int) -> dict:
     }
 
 
+def summary(runs: list[dict]) -> list[dict]:
+    """Per configuration: the median and best requests/s over the repeats."""
+    rows = []
+    for workers, batch in CONFIGS:
+        rates = [
+            r["requests_per_s"] for r in runs if (r["workers"], r["batch"]) == (workers, batch)
+        ]
+        rows.append(
+            {
+                "workers": workers,
+                "batch": batch,
+                "median_requests_per_s": statistics.median(rates),
+                "best_requests_per_s": max(rates),
+                "repeats": len(rates),
+            }
+        )
+    return rows
+
+
 def markdown(result: dict) -> str:
-    base = next(r for r in result["runs"] if (r["workers"], r["batch"]) == (1, 1))
+    table = result["summary"]
+    base = table[0]["median_requests_per_s"]
     lines = [
-        "| workers | --batch | requests/s | vs 1 worker, --batch 1 |",
-        "|---|---|---|---|",
+        f"| workers | --batch | requests/s (median of {table[0]['repeats']}) | best | vs 1 "
+        "worker, --batch 1 |",
+        "|---|---|---|---|---|",
     ]
-    for run in result["runs"]:
-        ratio = run["requests_per_s"] / base["requests_per_s"]
+    for row in table:
+        median, best = row["median_requests_per_s"], row["best_requests_per_s"]
         lines.append(
-            f"| {run['workers']} | {run['batch']} | {run['requests_per_s']:,.0f} | {ratio:.2f}x |"
+            f"| {row['workers']} | {row['batch']} | {median:,.0f} | {best:,.0f} "
+            f"| {median / base:.2f}x |"
         )
     bare, lat = result["floor"], result["latency"]
     lines += [
@@ -224,7 +250,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--latency-requests", type=int, default=300)
     args = parser.parse_args()
@@ -238,17 +265,21 @@ def main() -> None:
         rows = pd.concat([X] * (needed // len(X) + 1), ignore_index=True).iloc[:needed]
         expected = model.predict(rows.iloc[50 * args.rows :])
         runs = []
-        for workers, batch in CONFIGS:
-            run = measure(
-                args.broker, workers, batch, rows.iloc[50 * args.rows :], expected, args.rows
-            )
-            print(json.dumps(run), file=sys.stderr)
-            runs.append(run)
+        for repeat in range(args.repeats):  # configurations alternate: load falls on all
+            order = CONFIGS[repeat % len(CONFIGS) :] + CONFIGS[: repeat % len(CONFIGS)]
+            for workers, batch in order:
+                run = measure(
+                    args.broker, workers, batch, rows.iloc[50 * args.rows :], expected, args.rows
+                )
+                run["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(run), file=sys.stderr)
+                runs.append(run)
         result = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
             "runs": runs,
+            "summary": summary(runs),
             "floor": floor(model, X, args.rows),
             "latency": latency(args.broker, X, args.latency_requests),
         }
