@@ -96,6 +96,7 @@ class MicroBatcher:
         self._scorer: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"keel-score {name}")
         self._closed = False
+        self._typed = predictor.signature is not None  # check() gives the signature's types
 
     def __repr__(self) -> str:
         return f"<MicroBatcher {self.predictor.uri} max_batch_rows={self.max_batch_rows}>"
@@ -113,7 +114,8 @@ class MicroBatcher:
             raise BatcherClosed(f"the scorer of {self.predictor.uri} is closed")
         checked = self.predictor.check(data)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(checked, len(checked), _kind(checked), future))
+        kind = _kind(checked, self._typed)
+        self._queue.append(_Pending(checked, len(checked), kind, future))
         self.stats.requests += 1
         if self._scorer is None:
             self._scorer = asyncio.create_task(self._score_queue())
@@ -215,12 +217,15 @@ def _settle(pending: _Pending) -> None:
         pending.future.set_result(pending.result)
 
 
-def _kind(checked: Any) -> Any:
+def _kind(checked: Any, typed: bool) -> Any:
     """What must be equal for two checked inputs to be concatenated without changing either:
-    a frame's columns and dtypes, an array's dtype and row shape."""
-    dtypes = getattr(checked, "dtypes", None)
-    if dtypes is not None and hasattr(checked, "columns"):
-        return ("frame", tuple(checked.columns), tuple(map(str, dtypes)))
+    a frame's columns (and, when no signature fixed their types, its dtypes), an array's dtype
+    and row shape. Asked once per request, so kept cheap (a frame's ``dtypes`` is a Series)."""
+    columns = getattr(checked, "columns", None)
+    if columns is not None:
+        if typed:
+            return ("frame", tuple(columns))
+        return ("frame", tuple(columns), tuple(str(dtype) for dtype in checked.dtypes))
     shape = getattr(checked, "shape", None)
     if shape is not None:
         return ("array", str(checked.dtype), tuple(shape[1:]))

@@ -268,14 +268,16 @@ def test_keel_serve_predicts_over_http(
         response = httpx.post(f"{base}/predict", json={"records": rows.to_dict("records")})
         assert response.status_code == 200
         np.testing.assert_allclose(response.json()["predictions"], served[0].raw.predict(rows))
-        # keep-alive requests do not wait on a delayed ACK (~40 ms) with several workers either
+        # keep-alive requests do not wait on a delayed ACK with several workers either: that
+        # costs every request ~40 ms, so the fastest quarter shows it even when other load on
+        # the machine makes the median noisy (it reached 26 ms on a loaded 2-core run)
         with httpx.Client(base_url=base) as keep_alive:
             took = []
-            for _ in range(15):
+            for _ in range(16):
                 start = time.perf_counter()
                 keep_alive.get("/health").raise_for_status()
                 took.append(time.perf_counter() - start)
-        assert sorted(took)[len(took) // 2] < 0.025, took
+        assert sorted(took)[len(took) // 4] < 0.025, took
     finally:
         process.terminate()
         process.wait(timeout=15)
