@@ -65,22 +65,43 @@ __all__ = [
 log = logging.getLogger("keel.worker")
 
 _ANSWER = """
-local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
-if #mine == 0 then return 0 end
-local add = {'XADD', KEYS[2]}
-if tonumber(ARGV[4]) > 0 then
-  table.insert(add, 'MAXLEN'); table.insert(add, '~'); table.insert(add, ARGV[4])
+local group, consumer, maxlen, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local outcomes = {}
+local i = 6
+while i <= #ARGV do
+  local entry, key, n = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  local outcome = 0
+  if #redis.call('XPENDING', KEYS[1], group, entry, entry, 1, consumer) > 0 then
+    local add = {'XADD', key}
+    if maxlen > 0 then
+      table.insert(add, 'MAXLEN'); table.insert(add, '~'); table.insert(add, maxlen)
+    end
+    table.insert(add, '*')
+    for j = i + 3, i + 2 + n do table.insert(add, ARGV[j]) end
+    local added = redis.pcall(unpack(add))
+    if type(added) == 'table' and added.err then
+      outcome = added.err
+    else
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      redis.call('XACK', KEYS[1], group, entry)
+      if ARGV[5] == '1' then redis.call('XDEL', KEYS[1], entry) end
+      outcome = 1
+    end
+  end
+  table.insert(outcomes, outcome)
+  i = i + 3 + n
 end
-table.insert(add, '*')
-for i = 7, #ARGV do table.insert(add, ARGV[i]) end
-redis.call(unpack(add))
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if ARGV[6] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
-return 1
+return outcomes
 """
-"""KEYS: request stream, reply stream. ARGV: group, consumer, entry id, reply MAXLEN (0: none),
-reply TTL in seconds (0: none), delete the request (1/0), then the reply's field/value pairs."""
+"""Answers a batch atomically. KEYS: the request stream, then the reply streams. ARGV: group,
+consumer, reply MAXLEN (0: none), reply TTL in seconds (0: none), delete answered requests
+(1/0), then per request: its entry id, its reply stream's index in KEYS, the reply's field
+count, the fields. Per request, 1 (answered), 0 (no longer this consumer's: nothing written)
+or the error the reply stream gave (nothing written, not acked)."""
+
+_SCRIPT_ENTRIES = 256
+"""Requests answered per script call: a larger batch is several calls (in one round trip), so
+Redis never runs one script for long."""
 
 _MAX_BACKOFF_S = 30.0
 _STATS_EVERY_S = 60.0
@@ -478,19 +499,25 @@ class Worker:
             offset += request.rows
 
     def _write(self, requests: list[_Request]) -> None:
-        """Each reply, then the ack, atomically per entry (one round trip for all)."""
+        """Each reply, then the ack: atomically, by :data:`_ANSWER`, in one round trip."""
         options = self.options
-        delete = "0" if options.keep_requests else "1"
+        head = [options.group, options.consumer, options.reply_maxlen, options.reply_ttl_s]
+        head.append("0" if options.keep_requests else "1")
         pipe = self.redis.pipeline(transaction=False)
-        for request in requests:
-            args: list[Any] = [options.group, options.consumer, request.entry, options.reply_maxlen]
-            args += [options.reply_ttl_s, delete, *self._reply_fields(request)]
-            self._answer(keys=[options.stream, request.reply_to], args=args, client=pipe)
-        written = pipe.execute(raise_on_error=False)
+        for first in range(0, len(requests), _SCRIPT_ENTRIES):
+            keys = [options.stream]
+            args: list[Any] = list(head)
+            for request in requests[first : first + _SCRIPT_ENTRIES]:
+                if request.reply_to not in keys[1:]:
+                    keys.append(request.reply_to)
+                fields = self._reply_fields(request)
+                args += [request.entry, keys.index(request.reply_to) + 1, len(fields), *fields]
+            self._answer(keys=keys, args=args, client=pipe)
+        written = [outcome for outcomes in pipe.execute() for outcome in outcomes]
         undeliverable = []
         for request, outcome in zip(requests, written, strict=True):
-            if isinstance(outcome, Exception):
-                undeliverable.append(self._undeliverable(request, outcome))
+            if isinstance(outcome, bytes):
+                undeliverable.append(self._undeliverable(request, outcome.decode()))
             elif not outcome:
                 self.stats.lost_to_others += 1
                 log.warning(
@@ -505,24 +532,29 @@ class Worker:
         if undeliverable:
             self._write(undeliverable)
 
-    def _undeliverable(self, request: _Request, exc: Exception) -> _Request:
+    def _undeliverable(self, request: _Request, reason: str) -> _Request:
         """A request whose reply stream refused the reply (another type of key), redirected
         with an error to the default reply stream.
 
         Raises:
-            ResponseError: the group is gone, or the default reply stream refused it too.
+            InvalidInput: the default reply stream refused it too.
         """
-        if "NOGROUP" in str(exc) or request.reply_to == self.options.replies:
-            raise exc
+        if request.reply_to == self.options.replies:
+            raise InvalidInput(
+                f"the reply stream {request.reply_to!r} on {self.where} cannot take replies: "
+                f"{reason}",
+                field="reply_stream",
+            )
         log.warning(
             "request %s: cannot write its reply to %r (%s); an error reply goes to %r",
             request.request_id,
             request.reply_to,
-            exc,
+            reason,
             self.options.replies,
         )
         request.error = InvalidInput(
-            f"the reply stream {request.reply_to!r} cannot take replies: {exc}", field="reply_to"
+            f"the reply stream {request.reply_to!r} cannot take replies: {reason}",
+            field="reply_to",
         )
         request.reply_to = self.options.replies
         return request
