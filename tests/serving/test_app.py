@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,6 +24,7 @@ from keel.models import api
 from keel.models.loading import Predictor
 from keel.serving import create_scoring_app
 from keel.serving.launch import load_for_serving
+from tests.conftest import run_main
 from tests.models.training import diabetes
 
 
@@ -294,3 +296,34 @@ def test_keel_serve_of_an_unknown_model_is_one_red_line(home: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and "nothing" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["serve"], "give either MODEL_URI or --deployment NAME"),
+        (["serve", "models:/diabetes/1", "--deployment", "d"], "exactly one"),
+        (["serve", "--deployment", "d", "--follow-alias"], "--follow-alias is for MODEL_URI"),
+    ],
+)
+def test_keel_serve_needs_one_thing_to_serve(cli: Any, args: list[str], said: str) -> None:
+    result = run_main(cli, args)
+    assert result.exit_code == 2
+    assert said in result.output
+    assert "Traceback" not in result.output
+
+
+def test_follow_alias_of_a_fixed_version_is_one_red_line(cli: Any) -> None:
+    result = run_main(cli, ["serve", "models:/diabetes/3", "--follow-alias"])
+    assert result.exit_code == 1
+    assert "--follow-alias needs a models:/NAME@ALIAS URI" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_keel_serve_help_shows_examples(cli: Any) -> None:
+    from keel.cli import cli as root
+
+    result = cli.invoke(root, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "keel serve models:/diabetes@champion --follow-alias" in result.output
+    assert "--max-batch-rows" in result.output and "--no-log-predictions" in result.output
