@@ -345,6 +345,27 @@ def test_a_request_delivered_too_often_is_answered_with_an_error_not_retried(
     assert broker.xpending(stream, "keel")["pending"] == 0
 
 
+def test_a_slow_workers_request_claimed_by_another_is_answered_once(
+    forest: Any, redis_url: str, redis_prefix: str, broker: redis.Redis
+) -> None:
+    stream = redis_prefix + "scoring"
+    X, _ = diabetes()
+    slow_uri = log_wrapped(forest, delay=3.0)
+    slow = WorkerOptions(stream=stream, consumer="slow", claim_idle_ms=3_600_000)
+    quick = WorkerOptions(stream=stream, consumer="quick", claim_idle_ms=300)
+    with in_thread(slow_uri, redis_url, slow) as slow_worker:
+        wait_for(lambda: "slow" in consumers(broker, stream), "the slow worker")
+        rid = submit(broker, stream, X.head(2))
+        wait_for(lambda: pending_of(broker, stream, "slow"), "the slow worker to take it")
+        with in_thread("models:/diabetes@champion", redis_url, quick) as quick_worker:
+            reply = wait_reply(broker, stream + ":replies", rid, timeout=60)
+            wait_for(lambda: slow_worker.stats.lost_to_others == 1, "the slow one", timeout=60)
+    assert reply.worker == "quick"
+    np.testing.assert_allclose(reply.result(), forest.predict(X.head(2)))
+    assert broker.xlen(stream + ":replies") == 1  # the slow worker wrote nothing
+    assert (quick_worker.stats.claimed, slow_worker.stats.answered) == (1, 0)
+
+
 def test_a_worker_restarted_under_its_name_answers_its_own_pending_requests_first(
     forest: Any, redis_url: str, redis_prefix: str, broker: redis.Redis
 ) -> None:
