@@ -167,9 +167,12 @@ def _progress_bar(*, enabled: bool) -> Iterator[_RichProgress | None]:
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
+        """Rows/s since the start (rich's own speed needs several updates in a window)."""
+
         def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s")
+            elapsed = task.finished_time or task.elapsed
+            rate = task.completed / elapsed if elapsed else 0.0
+            return Text(f"{rate:,.0f} rows/s")
 
     bar = Progress(
         TextColumn("{task.description}"),

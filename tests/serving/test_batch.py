@@ -422,8 +422,9 @@ def test_memory_stays_bounded_on_a_file_much_larger_than_a_chunk(
     model: Model, tmp_path: Path, suffix: str
 ) -> None:
     """Peak RSS (VmHWM) of a subprocess grows by a bounded amount, not with the input: 3M rows
-    of 11 columns are 252 MB as Arrow (and again as pandas), a chunk of 20,000 rows 1.7 MB;
-    pyarrow's CSV reader buffers about 37 MB ahead."""
+    of 11 columns are 252 MB as Arrow (reading the Parquet file whole with pandas grows the
+    peak by 623 MB), a chunk of 20,000 rows 1.7 MB. Measured: 28 MB (Parquet), 66 MB (CSV,
+    whose pyarrow reader buffers about 37 MB ahead)."""
     rows = 3_000_000
     big = _write_fast(patients(rows), tmp_path / f"big{suffix}")
     small = write(patients(20_000, seed=1), tmp_path / f"small{suffix}")
@@ -443,7 +444,7 @@ def test_memory_stays_bounded_on_a_file_much_larger_than_a_chunk(
     assert int(scored) == rows
     growth = float(after) - float(before)
     in_memory = rows * 11 * 8 / 2**20
-    assert growth < 80, f"peak RSS grew {growth:.0f} MB scoring {in_memory:.0f} MB of rows"
+    assert growth < 100, f"peak RSS grew {growth:.0f} MB scoring {in_memory:.0f} MB of rows"
     assert pq.ParquetFile(output).metadata.num_rows == rows
 
 
