@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -172,11 +173,12 @@ def _ray(uri: str, parquet: Path, tmp: Path, args: argparse.Namespace) -> float:
     import ray
 
     from keel.serving.batch import batch_predict
+    from keel.serving.batch_ray import MODEL_CACHE
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         began = time.perf_counter()
-        batch_predict(
+        result = batch_predict(
             uri,
             str(parquet),
             str(tmp / "out-ray.parquet"),
@@ -184,9 +186,12 @@ def _ray(uri: str, parquet: Path, tmp: Path, args: argparse.Namespace) -> float:
             chunk_rows=args.chunk_rows,
             keep=["id"],
         )
-        return time.perf_counter() - began
+        seconds = time.perf_counter() - began
     finally:
         ray.shutdown()
+    # the actors' copy of the model (see keel.serving.batch_ray)
+    shutil.rmtree(Path(tempfile.gettempdir()) / MODEL_CACHE / result.model_digest)
+    return seconds
 
 
 def _machine() -> dict[str, Any]:
