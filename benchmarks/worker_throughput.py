@@ -3,17 +3,18 @@ and without micro-batching, and the round-trip latency of one request at a time.
 
 Run by hand from the repository root (Redis at 127.0.0.1:6379)::
 
-    python benchmarks/worker_throughput.py [--requests 2000] [--repeats 3] [--rows 1]
+    python benchmarks/worker_throughput.py [--requests 2000] [--batched-requests 20000]
+        [--repeats 3] [--rows 1]
 
 The model is a 100-tree ``RandomForestRegressor`` on the diabetes data, logged and registered in
 a temporary Keel home. For each configuration (workers x ``--batch``) the workers are started
 as ``keel worker`` subprocesses and waited for (each has joined the group), warmed up with 50
-requests, then the producer adds ``--requests`` requests of ``--rows`` rows with pipelined
-``XADD`` and the clock runs until the last reply has been read: requests/s of a backlog drained
-by the workers. Each configuration runs ``--repeats`` times, the configurations taking turns,
-and the table shows the median and the best. Every reply is checked against the model's own
-``predict``. The floor is the bare model in this process: ``predict`` on one request's rows,
-and on 64 requests' rows at once.
+requests, then the producer adds ``--requests`` requests (``--batched-requests`` with
+``--batch 64``) of ``--rows`` rows with pipelined ``XADD`` and the clock runs until the last
+reply has been read: requests/s of a backlog drained by the workers. Each configuration runs
+``--repeats`` times, the configurations taking turns, and the table shows the median and the
+best. Every reply is checked against the model's own ``predict``. The floor is the bare model
+in this process: ``predict`` on one request's rows, and on 64 requests' rows at once.
 
 Results go to ``benchmarks/results/worker-<date>.json`` and print as Markdown for
 ``docs/workers.md``.
@@ -250,7 +251,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=2000, help="requests, --batch 1")
+    parser.add_argument("--batched-requests", type=int, default=20000, help="requests, --batch 64")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--latency-requests", type=int, default=300)
@@ -261,16 +263,16 @@ def main() -> None:
         model, X = train(Path(tmp) / ".keel")
         import pandas as pd
 
-        needed = (args.requests + 50) * args.rows
+        needed = (max(args.requests, args.batched_requests) + 50) * args.rows
         rows = pd.concat([X] * (needed // len(X) + 1), ignore_index=True).iloc[:needed]
         expected = model.predict(rows.iloc[50 * args.rows :])
         runs = []
         for repeat in range(args.repeats):  # configurations alternate: load falls on all
             order = CONFIGS[repeat % len(CONFIGS) :] + CONFIGS[: repeat % len(CONFIGS)]
             for workers, batch in order:
-                run = measure(
-                    args.broker, workers, batch, rows.iloc[50 * args.rows :], expected, args.rows
-                )
+                count = (args.requests if batch == 1 else args.batched_requests) * args.rows
+                requests = rows.iloc[50 * args.rows : 50 * args.rows + count]
+                run = measure(args.broker, workers, batch, requests, expected, args.rows)
                 run["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(json.dumps(run), file=sys.stderr)
                 runs.append(run)
