@@ -176,7 +176,7 @@ def test_round_trip_gives_the_models_own_predictions(
                 "reply_to": redis_prefix + "mine",
             },
         )
-        raw: Any = broker.xread({redis_prefix + "mine": "0"}, block=30_000)
+        raw: Any = broker.xread({redis_prefix + "mine": "0"}, block=20_000)
         fields = raw[0][1][0][1]
         assert fields[b"id"] == fields[b"entry"] == entry
         assert fields[b"status"] == b"ok"
