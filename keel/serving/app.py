@@ -32,7 +32,7 @@ from starlette.routing import Route
 from keel.errors import InvalidInput, KeelError
 from keel.models.loading import Predictor
 from keel.models.models import ModelVersion
-from keel.serving.batching import DEFAULT_MAX_BATCH_ROWS, MicroBatcher
+from keel.serving.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from keel.serving.bodies import (
     ARROW_FILE,
     ARROW_STREAM,
@@ -68,7 +68,7 @@ def create_scoring_app(
     prediction_log: PredictionLog | None = None,
     metrics: ScoringMetrics | None = None,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
-    max_wait_ms: float = 0.0,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_shadow_tasks: int = DEFAULT_MAX_SHADOW_TASKS,
 ) -> FastAPI:
     """An ASGI app scoring with what ``source`` serves.
@@ -84,7 +84,7 @@ def create_scoring_app(
             ``POST /feedback``.
         metrics: the Prometheus series (a new single-process set by default).
         max_batch_rows: rows one ``predict`` call takes at most (0: no micro-batching).
-        max_wait_ms: how long a batch that is not full may wait for more requests.
+        max_wait_ms: under load, how long a batch may wait to be as large as the last one.
         max_shadow_tasks: shadow calls in flight at most; more are skipped and counted.
 
     Returns:
@@ -117,17 +117,10 @@ def create_scoring_app(
     app.state.service = service
     _routes(app, service)
     if prediction_log is not None:
-        _mount_feedback(app, prediction_log)
-    return app
-
-
-def _mount_feedback(app: FastAPI, prediction_log: PredictionLog) -> None:
-    try:  # written alongside; until it lands, the app serves without POST /feedback
         from keel.serving.feedback import feedback_router
-    except ImportError:
-        log.warning("keel serve: POST /feedback is not available in this installation")
-        return
-    app.include_router(feedback_router(prediction_log))
+
+        app.include_router(feedback_router(prediction_log))
+    return app
 
 
 _PREDICT_DOC = {
@@ -424,6 +417,9 @@ class ScoringService:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.drain()
             self.metrics.process_exited()
+            close = getattr(self.source, "close", None)  # a source holding connections
+            if callable(close):
+                close()
 
     def note_log_stats(self) -> None:
         """Copy the prediction log's buffered and dropped counts into the metrics."""

@@ -19,6 +19,7 @@ import io
 import warnings
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -276,7 +277,7 @@ def predictions_json(predictions: Any) -> list[Any]:
     if isinstance(predictions, pd.Series):
         predictions = predictions.to_numpy()
     if hasattr(predictions, "dtype") and hasattr(predictions, "tolist"):  # an ndarray
-        if predictions.dtype.kind in "fc" and pd.isna(predictions).any():
+        if predictions.dtype.kind in "fc" and np.isnan(predictions).any():
             return _without_nan(predictions.astype(object))
         if predictions.dtype.kind == "O":
             return _without_nan(predictions)

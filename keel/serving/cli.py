@@ -36,11 +36,11 @@ __all__ = ["serve"]
 )
 @click.option(
     "--max-wait-ms",
-    default=0.0,
+    default=2.0,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="How long a batch that is not full may wait for more requests (0: batches form only "
-    "from requests that arrive while the model is busy).",
+    help="Under concurrent load, how long a batch may wait to be as large as the previous one "
+    "(a lone request never waits; 0: never wait).",
 )
 @click.option(
     "--log-predictions/--no-log-predictions",

@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from keel.errors import InvalidInput, KeelError
 from keel.server.launch import STARTUP_FAILURE, bind_socket
 from keel.serving.app import create_scoring_app
-from keel.serving.batching import DEFAULT_MAX_BATCH_ROWS
+from keel.serving.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_WAIT_MS
 from keel.serving.metrics import ScoringMetrics
 from keel.serving.plan import PlanSource, ServingPlan
 from keel.serving.sources import ModelSource, load_for_serving, source_from_spec
@@ -59,13 +59,13 @@ class ServeOptions:
 
     Attributes:
         max_batch_rows: rows one ``predict`` call takes at most (0: no micro-batching).
-        max_wait_ms: how long a batch that is not full may wait for more requests.
+        max_wait_ms: under load, how long a batch may wait to be as large as the last one.
         log_predictions: append every prediction to the prediction log of the plan's
             deployment, in the artifact store.
     """
 
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
-    max_wait_ms: float = 0.0
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     log_predictions: bool = True
 
 

@@ -162,18 +162,31 @@ async def test_no_batching_scores_each_request_alone(scorer: Predictor) -> None:
     await batcher.close()
 
 
-async def test_max_wait_lets_a_batch_fill(scorer: Predictor) -> None:
-    batcher = MicroBatcher(scorer, max_wait_ms=30)
+async def test_max_wait_fills_batches_under_load_and_never_holds_a_lone_request(
+    scorer: Predictor,
+) -> None:
+    batcher = MicroBatcher(scorer, max_wait_ms=100)
 
     async def later(frame: pd.DataFrame, delay: float) -> Any:
         await asyncio.sleep(delay)
         return await batcher.predict(frame)
 
-    frames = _requests([1, 1, 1])
+    frames = _requests([1, 1, 1, 1])
+    await asyncio.gather(*(batcher.predict(frame) for frame in frames))  # a burst: one call
     started = time.perf_counter()
-    await asyncio.gather(*(later(f, i * 0.005) for i, f in enumerate(frames)))
-    assert scorer.raw.calls == [3]  # the first waited for the two after it
-    assert time.perf_counter() - started >= 0.03
+    answers = await asyncio.gather(*(later(f, i * 0.01) for i, f in enumerate(frames)))
+    took = time.perf_counter() - started
+    for frame, answer in zip(frames, answers, strict=True):
+        pd.testing.assert_frame_equal(answer, _expected(frame))
+    # the first of the staggered four waited for the other three, not for the whole 100 ms
+    assert scorer.raw.calls == [4, 4]
+    assert 0.03 <= took < 0.1
+    await asyncio.sleep(1.1)  # a lull: the next request is alone and goes at once
+    for frame in frames[:2]:  # one at a time: never held either
+        started = time.perf_counter()
+        await batcher.predict(frame)
+        assert time.perf_counter() - started < 0.08
+    assert scorer.raw.calls == [4, 4, 1, 1]
     await batcher.close()
 
 
