@@ -44,7 +44,7 @@ from keel.settings import Settings
 from keel.tracking import fluent
 from keel.tracking.remote import TrackingClient
 
-__all__ = ["CACHE_FOLDER", "Predictor", "load", "load_folder", "load_version"]
+__all__ = ["CACHE_FOLDER", "Predictor", "load", "load_folder", "load_version", "open_folder"]
 
 CACHE_FOLDER = "models"
 """Loaded models live in ``<home>/models/<digest>/``."""
@@ -171,7 +171,7 @@ def load(uri: str, *, dst: str | Path | None = None) -> Predictor:
     if isinstance(parsed, ModelsUri):
         version = get_version(parsed.name, parsed.selector, settings=client.settings)
         return load_version(version, client=client, dst=dst, uri=uri)
-    return _open(_fetch(client, parsed, root), uri)
+    return open_folder(_fetch(client, parsed, root), uri)
 
 
 def load_version(
@@ -223,7 +223,7 @@ def load_version(
         folder = _from_server(client, version, root)
     else:
         folder = _materialize(settings, version.digest, root)
-    return _open(folder, uri or version.uri)
+    return open_folder(folder, uri or version.uri)
 
 
 def load_folder(path: str | Path, *, digest: str | None = None) -> Predictor:
@@ -267,12 +267,18 @@ def load_folder(path: str | Path, *, digest: str | None = None) -> Predictor:
             expected=digest,
             actual=written,
         )
-    return _open(folder, str(folder), digest=written)
+    return open_folder(folder, str(folder), digest=written)
 
 
-def _open(folder: Path, uri: str, *, digest: str | None = None) -> Predictor:
-    """The model in a complete folder, through its flavor; ``digest`` defaults to the folder's
-    name (a cache folder is named by its digest)."""
+def open_folder(folder: Path, uri: str, *, digest: str | None = None) -> Predictor:
+    """The model in a complete folder whose files were already checked, through its flavor
+    (no hashing: :func:`load_folder` hashes a folder of unknown provenance first).
+
+    Args:
+        folder: the model's files and ``keel-model.json``.
+        uri: what the predictor says it was loaded from.
+        digest: the folder's digest; default the folder's name (a cache folder is named so).
+    """
     manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=uri)
     flavor = get_flavor(manifest.flavor)
     raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)

@@ -17,13 +17,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from keel.errors import InvalidInput
-from keel.models.api import get_version
-from keel.models.loading import Predictor, load, load_version
-from keel.models.models import ModelVersion
-from keel.models.uris import ModelsUri, parse_model_uri
 from keel.serving.batch_files import ParquetSink, check_output, open_input, read_chunks
 from keel.serving.batch_ray import score_with_ray
 from keel.serving.batch_scoring import BatchJob, BatchProgress, output_metadata, plan_job
+from keel.serving.sources import load_for_serving
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "BatchResult", "batch_predict"]
 
@@ -126,7 +123,7 @@ def batch_predict(
     _check_arguments(engine=engine, chunk_rows=chunk_rows, keep=keep, keep_all=keep_all)
     source = open_input(input, format=format)
     check_output(output, overwrite=overwrite, source=source)
-    predictor, version = _load(uri)
+    predictor, version = load_for_serving(uri)
     job = plan_job(
         predictor, source, version=version, keep=keep, keep_all=keep_all, chunk_rows=chunk_rows
     )
@@ -158,17 +155,6 @@ def _check_arguments(*, engine: str, chunk_rows: int, keep: Sequence[str], keep_
         raise InvalidInput("keep is a list of column names, not one string")
     if keep and keep_all:
         raise InvalidInput("give either columns to keep or keep_all, not both")
-
-
-def _load(uri: str) -> tuple[Predictor, ModelVersion | None]:
-    """The model at ``uri`` and, for ``models:/``, the version it resolved to (once: an alias
-    moved meanwhile cannot make the two disagree); as ``keel serve`` loads it, without
-    importing the web stack."""
-    parsed = parse_model_uri(uri)
-    if isinstance(parsed, ModelsUri):
-        version = get_version(parsed.name, parsed.selector)
-        return load_version(version, uri=uri), version
-    return load(uri), None
 
 
 def _score_locally(job: BatchJob, sink: ParquetSink, progress: BatchProgress | None) -> None:

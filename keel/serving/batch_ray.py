@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from keel import errors
 from keel.errors import InvalidInput, KeelError, MissingExtra
-from keel.models.flavors import get_flavor
-from keel.models.loading import Predictor
+from keel.models.loading import Predictor, open_folder
 from keel.models.models import MANIFEST_FILE
-from keel.models.packaging import local_folder_digest, parse_manifest
+from keel.models.packaging import local_folder_digest
 from keel.serving.batch_files import ParquetSink, csv_options
 from keel.serving.batch_scoring import BatchJob, BatchProgress, Scorer
 
@@ -307,17 +306,7 @@ def open_model_files(
     folder = root / digest
     if not (folder / MANIFEST_FILE).is_file():
         _write_folder(root, folder, files, digest)
-    manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes(), source=uri)
-    flavor = get_flavor(manifest.flavor)
-    raw = flavor.load(folder, model_class=manifest.model_class, files=manifest.files)
-    return Predictor(
-        uri=uri,
-        manifest=manifest,
-        digest=digest,
-        path=folder,
-        raw=raw,
-        predict=flavor.predictor(raw, folder),
-    )
+    return open_folder(folder, uri, digest=digest)
 
 
 def _write_folder(root: Path, folder: Path, files: dict[str, bytes], digest: str) -> None:

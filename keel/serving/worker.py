@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from keel.errors import InvalidInput, KeelError
-from keel.models.api import get_version
-from keel.models.loading import Predictor, load, load_version
+from keel.models.loading import Predictor
 from keel.models.models import ModelVersion
-from keel.models.uris import ModelsUri, parse_model_uri
 from keel.serving.bodies import frame_from_body, predictions_json
+from keel.serving.sources import load_for_serving
 from keel.serving.worker_client import (
     BrokerClient,
     Reply,
@@ -678,19 +677,6 @@ def _where(redis: Redis) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
-def load_model(uri: str) -> tuple[Predictor, ModelVersion | None]:
-    """The model at ``uri`` and, for ``models:/`` URIs, the version it resolved to (once).
-
-    Raises:
-        KeelError: the URI is malformed or names nothing loadable.
-    """
-    parsed = parse_model_uri(uri)
-    if isinstance(parsed, ModelsUri):
-        version = get_version(parsed.name, parsed.selector)
-        return load_version(version, uri=uri), version
-    return load(uri), None
-
-
 def run_worker(
     uri: str, *, broker: str, options: WorkerOptions, stop: threading.Event | None = None
 ) -> WorkerStats:
@@ -715,7 +701,7 @@ def run_worker(
         ...            options=WorkerOptions(stream="scoring"))  # doctest: +SKIP
     """
     redis = connect(broker, read_timeout=options.block_ms / 1000 + 30)
-    predictor, version = load_model(uri)
+    predictor, version = load_for_serving(uri)
     worker = Worker(predictor, redis, options, version=version)
     stop = stop or threading.Event()
     log.info(

@@ -29,12 +29,12 @@ import redis
 import keel
 import keel.models
 from keel.models import api
+from keel.serving.sources import load_for_serving
 from keel.serving.worker import (
     BrokerClient,
     Reply,
     Worker,
     WorkerOptions,
-    load_model,
     submit,
     wait_reply,
 )
@@ -95,7 +95,7 @@ def broker(redis_url: str) -> Iterator[redis.Redis]:
 @contextmanager
 def in_thread(uri: str, redis_url: str, options: WorkerOptions) -> Iterator[Worker]:
     """A worker consuming in a thread of this process until the block ends."""
-    predictor, version = load_model(uri)
+    predictor, version = load_for_serving(uri)
     worker = Worker(predictor, connect(redis_url), options, version=version)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -230,7 +230,7 @@ def test_a_requests_answer_does_not_depend_on_its_batch(
         encode_body([{**records[0], "extra": 1.0}]),  # a column the model does not know
         encode_body({"records": [{"nested": [1.0]}]}),
     ]
-    predictor, _version = load_model("models:/diabetes@champion")
+    predictor, _version = load_for_serving("models:/diabetes@champion")
 
     def alone(body: bytes) -> Any:
         try:
