@@ -6,8 +6,8 @@ request is refused without costing anyone else), then queued. One scorer per mod
 caller its own rows back. It is adaptive: with nothing in flight a request is scored at once, so
 concurrency 1 waits for no one; while a ``predict`` runs, arrivals queue and the next call takes
 all of them (up to ``max_batch_rows``). Under load the batch grows by itself. ``max_wait_ms``
-only matters under load: a batch that follows one of several requests may wait that long to be
-as large as it (so N clients in a closed loop make one call per round, not two).
+only matters under load: when several requests were in flight at once, a batch may wait that
+long for as many to be queued (so N clients in a closed loop make one call per round, not two).
 
 Example:
     >>> batcher = MicroBatcher(keel.models.load("models:/diabetes@champion"))  # doctest: +SKIP
@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_MAX_BATCH_ROWS", "DEFAULT_MAX_WAIT_MS", "BatcherClosed", "Mi
 DEFAULT_MAX_BATCH_ROWS = 1024
 """Rows one ``predict`` call takes at most (a single larger request is still scored whole)."""
 DEFAULT_MAX_WAIT_MS = 2.0
-"""Under load, how long a batch may wait to be as large as the previous one. Measured with 16
+"""Under load, how long a batch may wait for the requests in flight to come back. Measured with 16
 clients on a 100-tree forest: 0 ms gave 272-288 req/s (batches of 1 and 15 in turn), 2 ms gave
 567-620 and 5 ms 559-591; a lone request never waits (docs/serving.md, Performance)."""
 
@@ -75,10 +75,10 @@ class MicroBatcher:
         predictor: the loaded model.
         max_batch_rows: rows one call takes at most; 0 scores every request alone (no
             batching, still off the event loop).
-        max_wait_ms: under concurrent load, how long a batch may wait to be as large as the
-            previous one before it is scored (it goes as soon as it is). Only a batch that
-            follows a batch of several requests, within ``10 * max_wait_ms``, waits: a lone
-            request is never held. 0 waits for nothing.
+        max_wait_ms: under concurrent load, how long a batch may wait until as many requests
+            are queued as were in flight at once lately (it goes as soon as they are). Only a
+            batch that follows another within ``10 * max_wait_ms`` waits, and only when
+            several requests were in flight: a lone request is never held. 0: never wait.
         on_batch: called after each ``predict`` call with (requests, rows), e.g. for metrics.
         name: names the scorer thread (the arm's label).
     """
@@ -105,8 +105,9 @@ class MicroBatcher:
         self._closed = False
         self._typed = predictor.signature is not None  # check() gives the signature's types
         self._rows = 0  # queued rows
-        self._last = 0  # requests in the previous batch
-        self._last_end = 0.0  # when it was answered (loop time)
+        self._running = 0  # requests in the predict call under way
+        self._peak = 0  # most requests queued or running at once, lately (the concurrency)
+        self._last_end = 0.0  # when the last batch was answered (loop time)
         self._want = 0  # requests a waiting batch wants; 0 when none waits
         self._filled: asyncio.Event | None = None
 
@@ -129,6 +130,7 @@ class MicroBatcher:
         kind = _kind(checked, self._typed)
         self._queue.append(_Pending(checked, len(checked), kind, future))
         self._rows += len(checked)
+        self._peak = max(self._peak, len(self._queue) + self._running)
         self.stats.requests += 1
         if self._scorer is None:
             self._scorer = asyncio.create_task(self._score_queue())
@@ -158,7 +160,11 @@ class MicroBatcher:
                 batch = self._take()
                 if not batch:
                     continue
-                await loop.run_in_executor(self._executor, self._score, batch)
+                self._running = len(batch)
+                try:
+                    await loop.run_in_executor(self._executor, self._score, batch)
+                finally:
+                    self._running = 0
                 for pending in batch:
                     _settle(pending)
                 self._note(batch)
@@ -167,31 +173,37 @@ class MicroBatcher:
             self._scorer = None
 
     def _should_wait(self, now: float) -> bool:
-        """Wait only under concurrent load: the previous batch had several requests and was
-        answered just now, and fewer than that many are queued (so a lone request, or the
-        first after a lull, goes at once)."""
+        """Wait only under concurrent load: several requests were in flight at once lately,
+        a batch was answered just now, and fewer than that many are queued (so a lone
+        request, or the first after a lull, goes at once)."""
+        if now - self._last_end > 10 * self.max_wait:  # a lull: the mark starts again
+            self._peak = len(self._queue)
+            return False
         return (
             self.max_wait > 0
-            and self._last > 1
-            and now - self._last_end <= 10 * self.max_wait
-            and len(self._queue) < self._last
+            and self._peak > 1
+            and len(self._queue) < self._peak
             and self._rows < self.max_batch_rows
         )
 
     async def _wait_to_fill(self) -> None:
-        """Up to ``max_wait``, until as many requests as the previous batch had are queued.
+        """Up to ``max_wait``, until as many requests are queued as were in flight at the
+        busiest lately. A wait that times out sets that mark to what came, so when the load
+        drops one request waits once; the mark climbs back as soon as more are in flight.
 
-        Without it, a closed loop of N clients splits into a batch of 1 (the first to come
-        back finds the scorer idle) and one of N-1: twice the ``predict`` calls.
+        Without it, a closed loop of N clients splits into cohorts (the first to come back
+        finds the scorer idle and goes alone, the rest queue behind it) that never merge: twice
+        the ``predict`` calls or more. Waiting for the requests just answered to come back
+        merges them into one batch.
         """
         if self._filled is None:
             self._filled = asyncio.Event()
         self._filled.clear()
-        self._want = self._last
+        self._want = self._peak
         try:
             await asyncio.wait_for(self._filled.wait(), self.max_wait)
         except TimeoutError:
-            pass
+            self._peak = len(self._queue)
         finally:
             self._want = 0
 
@@ -241,7 +253,6 @@ class MicroBatcher:
         stats.rows += rows
         stats.largest = max(stats.largest, len(batch))
         stats.history.append(len(batch))
-        self._last = len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch), rows)
 

@@ -327,3 +327,23 @@ def test_keel_serve_help_shows_examples(cli: Any) -> None:
     assert result.exit_code == 0
     assert "keel serve models:/diabetes@champion --follow-alias" in result.output
     assert "--max-batch-rows" in result.output and "--no-log-predictions" in result.output
+
+
+async def test_a_local_model_folder_is_served(
+    served: tuple[Predictor, object], tmp_path: Path
+) -> None:
+    import shutil
+
+    from keel.serving.sources import ModelSource
+
+    folder = tmp_path / "exported-model"
+    shutil.copytree(served[0].path, folder)
+    app = create_scoring_app(ModelSource(str(folder)))
+    X, _ = diabetes()
+    rows = X.head(4)
+    async with running(app) as client:
+        answer = await client.post("/predict", json={"records": rows.to_dict("records")})
+        meta = (await client.get("/metadata")).json()
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(answer.json()["predictions"], served[0].raw.predict(rows))
+    assert (meta["deployment"], meta["name"], meta["digest"]) == ("default", None, served[0].digest)

@@ -162,7 +162,7 @@ async def test_no_batching_scores_each_request_alone(scorer: Predictor) -> None:
     await batcher.close()
 
 
-async def test_max_wait_fills_batches_under_load_and_never_holds_a_lone_request(
+async def test_max_wait_fills_batches_under_load_and_holds_a_lone_request_once_at_most(
     scorer: Predictor,
 ) -> None:
     batcher = MicroBatcher(scorer, max_wait_ms=100)
@@ -171,8 +171,13 @@ async def test_max_wait_fills_batches_under_load_and_never_holds_a_lone_request(
         await asyncio.sleep(delay)
         return await batcher.predict(frame)
 
+    async def timed(frame: pd.DataFrame) -> float:
+        started = time.perf_counter()
+        pd.testing.assert_frame_equal(await batcher.predict(frame), _expected(frame))
+        return time.perf_counter() - started
+
     frames = _requests([1, 1, 1, 1])
-    await asyncio.gather(*(batcher.predict(frame) for frame in frames))  # a burst: one call
+    await asyncio.gather(*(batcher.predict(frame) for frame in frames))  # four in flight
     started = time.perf_counter()
     answers = await asyncio.gather(*(later(f, i * 0.01) for i, f in enumerate(frames)))
     took = time.perf_counter() - started
@@ -181,12 +186,15 @@ async def test_max_wait_fills_batches_under_load_and_never_holds_a_lone_request(
     # the first of the staggered four waited for the other three, not for the whole 100 ms
     assert scorer.raw.calls == [4, 4]
     assert 0.03 <= took < 0.1
-    await asyncio.sleep(1.1)  # a lull: the next request is alone and goes at once
-    for frame in frames[:2]:  # one at a time: never held either
-        started = time.perf_counter()
-        await batcher.predict(frame)
-        assert time.perf_counter() - started < 0.08
-    assert scorer.raw.calls == [4, 4, 1, 1]
+    # the load drops to one client: its first request waits for the others once, then never
+    assert await timed(frames[0]) >= 0.09
+    assert await timed(frames[1]) < 0.08
+    assert await timed(frames[2]) < 0.08
+    assert scorer.raw.calls == [4, 4, 1, 1, 1]
+    await asyncio.gather(*(batcher.predict(frame) for frame in frames))  # four in flight
+    await asyncio.sleep(1.1)  # then a lull: the next request goes at once
+    assert await timed(frames[0]) < 0.08
+    assert scorer.raw.calls == [4, 4, 1, 1, 1, 4, 1]
     await batcher.close()
 
 
