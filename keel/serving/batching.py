@@ -32,9 +32,10 @@ __all__ = ["DEFAULT_MAX_BATCH_ROWS", "DEFAULT_MAX_WAIT_MS", "BatcherClosed", "Mi
 DEFAULT_MAX_BATCH_ROWS = 1024
 """Rows one ``predict`` call takes at most (a single larger request is still scored whole)."""
 DEFAULT_MAX_WAIT_MS = 2.0
-"""Under load, how long a batch may wait for the requests in flight to come back. Measured with 16
-clients on a 100-tree forest: 0 ms gave 272-288 req/s (batches of 1 and 15 in turn), 2 ms gave
-567-620 and 5 ms 559-591; a lone request never waits (docs/serving.md, Performance)."""
+"""Under load, how long a batch may wait for the requests in flight to come back. Measured with
+16 clients on a 100-tree forest (docs/serving.md, Performance): 0 ms gave 188-459 req/s and
+about 8 requests per predict call, 2 ms gave 302-669 req/s and about 16; a lone request never
+waits."""
 
 log = logging.getLogger("keel.serving")
 
