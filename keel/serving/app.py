@@ -263,7 +263,13 @@ class ScoringService:
         time_ms: int,
     ) -> Response:
         error = _as_keel_error(exc)
-        code = "model_refused" if not isinstance(exc, KeelError) else error.code
+        code = (
+            error.code
+            if error is exc
+            else "model_refused"
+            if error.status_code < 500
+            else "internal"
+        )
         status = error.status_code
         if status == 500:
             log.error("keel serve: request %s failed on %s", request_id, arm.label, exc_info=exc)

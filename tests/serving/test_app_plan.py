@@ -19,7 +19,7 @@ import keel.models
 from keel.models import api
 from keel.models.loading import Predictor, load_version
 from keel.serving import create_scoring_app
-from keel.serving.plan import Arm, ServingPlan
+from keel.serving.plan import Arm, ServingPlan, bucket_of
 from keel.serving.predlog import PredictionLog, read_predictions
 from keel.serving.sources import PredictorSource
 from tests.models.training import diabetes
@@ -230,3 +230,42 @@ async def test_feedback_is_mounted_with_a_prediction_log(
     feedback = read_feedback(str(tmp_path / "log"), "diabetes")
     assert feedback["request_id"].tolist() == [request_id]
     assert feedback["label"].tolist() == [151.0]
+
+
+async def test_a_model_that_fails_is_a_500_and_one_that_refuses_a_422(
+    arms: dict[str, Any],
+) -> None:
+    broken, broken_version = arms["broken"]
+    linear, linear_version = arms["linear"]
+    plan = ServingPlan(
+        deployment="diabetes",
+        arms=(
+            Arm(ref="diabetes/4", predictor=broken, version=broken_version, weight=50),
+            Arm(ref="diabetes/2", predictor=linear, version=linear_version, weight=50),
+        ),
+    )
+    app = _app(arms, plan)
+    X, _ = diabetes()
+    body = _body(X.head(2))
+    body["columns"]["age"][0] = None  # NaN: the signature lets it through, LinearRegression not
+    keys = {"diabetes/4": None, "diabetes/2": None}
+    for index in range(200):  # a sticky key for each arm
+        label = "diabetes/4" if bucket_of(f"k{index}") < 5000 else "diabetes/2"
+        keys[label] = keys[label] or f"k{index}"
+    async with running(app) as client:
+        failed = await client.post(
+            "/predict", json=body, headers={"X-Keel-Key": keys["diabetes/4"]}
+        )
+        refused = await client.post(
+            "/predict", json=body, headers={"X-Keel-Key": keys["diabetes/2"]}
+        )
+        metrics = (await client.get("/metrics")).text
+    assert failed.status_code == 500
+    assert failed.json()["error"] == "internal"
+    assert "RuntimeError: the shadow is broken" in failed.json()["message"]
+    assert failed.json()["request_id"] == failed.headers["X-Request-Id"]
+    assert refused.status_code == 422
+    assert refused.json()["message"].startswith("the model refused the input")
+    assert 'arm="diabetes/4",deployment="diabetes",error="internal"} 1.0' in metrics
+    assert 'arm="diabetes/2",deployment="diabetes",error="model_refused"} 1.0' in metrics
+    assert 'keel_requests_total{arm="diabetes/4",code="5xx",deployment="diabetes"} 1.0' in metrics
