@@ -74,16 +74,14 @@ def init(path: str | None) -> None:
     """
     from pathlib import Path
 
-    from keel.db import ensure_schema, make_engine
+    from keel.db import open_engine
     from keel.settings import HOME_DIRNAME, Settings
 
     home = (Path(path) if path else Path.cwd()).resolve() / HOME_DIRNAME
     existed = home.is_dir()
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home)
-    engine = make_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
-    ensure_schema(engine)
-    engine.dispose()
+    open_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout).dispose()
     verb = "Using existing" if existed else "Created"
     click.echo(f"{verb} Keel store at {home}")
 

@@ -29,7 +29,7 @@ from keel.auth.models import (
     UserList,
 )
 from keel.auth.store import AuthStore
-from keel.db import ensure_schema, make_engine
+from keel.db import open_engine
 from keel.errors import NotFound
 from keel.settings import Settings
 from keel.tracking.remote_http import HttpApi, token_of
@@ -69,8 +69,7 @@ class LocalAdmin:
     """Administration on the metadata database itself (the bootstrap path)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.engine = make_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
-        ensure_schema(self.engine)
+        self.engine = open_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
         self.store = AuthStore(self.engine)
         self.who = f"local:{_login()}"
 

@@ -690,11 +690,10 @@ def _resolve(settings: Settings | None, run: tuple[str, Settings] | None) -> Set
 
 @contextlib.contextmanager
 def _version_store(settings: Settings) -> Iterator[VersionStore]:
-    from keel.db import ensure_schema, make_engine
+    from keel.db import open_engine
 
-    engine = make_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
+    engine = open_engine(settings.db_url, busy_timeout=settings.sqlite_busy_timeout)
     try:
-        ensure_schema(engine)
         yield VersionStore(engine)
     finally:
         engine.dispose()

@@ -9,7 +9,7 @@ from keel.db.engine import (
     now_ms,
     write_options,
 )
-from keel.db.migrate import HEAD_REVISION, ensure_schema
+from keel.db.migrate import HEAD_REVISION, ensure_schema, open_engine
 
 __all__ = [
     "HEAD_REVISION",
@@ -20,5 +20,6 @@ __all__ = [
     "is_sqlite",
     "make_engine",
     "now_ms",
+    "open_engine",
     "write_options",
 ]

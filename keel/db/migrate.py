@@ -16,10 +16,10 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from keel.db.engine import write_options
+from keel.db.engine import make_engine, write_options
 from keel.errors import StorageError
 
-__all__ = ["HEAD_REVISION", "current_revision", "ensure_schema", "upgrade"]
+__all__ = ["HEAD_REVISION", "current_revision", "ensure_schema", "open_engine", "upgrade"]
 
 #: The newest migration in keel/db/migrations/versions (a test keeps the two in step).
 HEAD_REVISION = "0012"
@@ -53,6 +53,22 @@ def ensure_schema(engine: Engine) -> None:
             revision=revision,
         )
     upgrade(engine, HEAD_REVISION)
+
+
+def open_engine(url: str, *, busy_timeout: float = 60.0) -> Engine:
+    """An engine on the database at ``url``, its schema brought to :data:`HEAD_REVISION`
+    (what every store opens with); the engine is disposed of if the schema cannot be.
+
+    Raises:
+        StorageError: as :func:`ensure_schema`.
+    """
+    engine = make_engine(url, busy_timeout=busy_timeout)
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def upgrade(engine: Engine, revision: str = HEAD_REVISION) -> None:

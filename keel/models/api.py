@@ -112,16 +112,11 @@ class Registry(RegistryGovernance):
         _check_local(self.settings)
         self.actor = actor or current_user()
         self.role = role
-        from keel.db import ensure_schema, make_engine
+        from keel.db import open_engine
 
-        self._engine = make_engine(
+        self._engine = open_engine(
             self.settings.db_url, busy_timeout=self.settings.sqlite_busy_timeout
         )
-        try:
-            ensure_schema(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
         self.store = GovernanceStore(self._engine)
         self._client: Client | None = None
         self._artifacts: ArtifactStore | None = None

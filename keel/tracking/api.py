@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from keel.artifacts import ArtifactStore
-from keel.db import ensure_schema, make_engine
+from keel.db import open_engine
 from keel.errors import InvalidInput, NotFound
 from keel.settings import Settings
 from keel.tracking.api_artifacts import ArtifactMethods
@@ -63,10 +63,9 @@ class Client(ArtifactMethods, MetricLogging):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.engine = make_engine(
+        self.engine = open_engine(
             self.settings.db_url, busy_timeout=self.settings.sqlite_busy_timeout
         )
-        ensure_schema(self.engine)
         self.store = TrackingStore(self.engine)
         self._artifacts: ArtifactStore | None = None
         self._open_runs: dict[str, None] = {}

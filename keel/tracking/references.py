@@ -14,7 +14,7 @@ from typing import NamedTuple
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from keel.db import ensure_schema, make_engine, schema
+from keel.db import open_engine, schema
 from keel.errors import Conflict
 from keel.settings import Settings
 from keel.tracking.store_base import SqlStore
@@ -78,9 +78,8 @@ def artifact_references(settings: Settings) -> Iterator[ArtifactReference]:
         database = parsed.database
         if database and database != ":memory:" and not Path(database).exists():
             return  # no runs were ever tracked here
-    engine = make_engine(url, busy_timeout=settings.sqlite_busy_timeout)
+    engine = open_engine(url, busy_timeout=settings.sqlite_busy_timeout)
     try:
-        ensure_schema(engine)
         yield from ReferenceStore(engine).artifact_references()
     finally:
         engine.dispose()

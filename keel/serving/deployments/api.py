@@ -91,16 +91,11 @@ class Deployments:
             )
         self.actor = actor or current_user()
         self.role = role
-        from keel.db import ensure_schema, make_engine
+        from keel.db import open_engine
 
-        self._engine = make_engine(
+        self._engine = open_engine(
             self.settings.db_url, busy_timeout=self.settings.sqlite_busy_timeout
         )
-        try:
-            ensure_schema(self._engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
         self.store = DeploymentStore(self._engine)
         self._registry: Registry | None = None
         self._owns_registry = True
