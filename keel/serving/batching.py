@@ -164,6 +164,12 @@ class MicroBatcher:
                 self._running = len(batch)
                 try:
                     await loop.run_in_executor(self._executor, self._score, batch)
+                except BaseException as exc:  # the model raised past Exception, or a cancel
+                    _fail_all(batch, exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        _fail_all(list(self._queue), exc)
+                        self._queue.clear()
+                        raise
                 finally:
                     self._running = 0
                 for pending in batch:
@@ -237,15 +243,17 @@ class MicroBatcher:
             predictions = self.predictor.predict_checked(_concat([p.checked for p in batch]))
             if len(predictions) != sum(p.rows for p in batch):
                 raise ValueError("the model answered another number of rows than it was given")
+            results, start = [], 0
+            for pending in batch:  # slicing can fail too (an answer that is not a sequence)
+                results.append(_rows(predictions, start, start + pending.rows))
+                start += pending.rows
         except Exception:
             self.stats.retries += 1
             for pending in batch:
                 _score_alone(self.predictor, pending)
             return
-        start = 0
-        for pending in batch:
-            pending.result = _rows(predictions, start, start + pending.rows)
-            start += pending.rows
+        for pending, result in zip(batch, results, strict=True):
+            pending.result = result
 
     def _note(self, batch: list[_Pending]) -> None:
         rows = sum(pending.rows for pending in batch)
@@ -263,6 +271,14 @@ def _score_alone(predictor: Predictor, pending: _Pending) -> None:
         pending.result = predictor.predict_checked(pending.checked)
     except Exception as exc:
         pending.error = exc
+
+
+def _fail_all(batch: list[_Pending], exc: BaseException) -> None:
+    """Answer every caller of ``batch`` still waiting with an error (nobody waits forever)."""
+    error = RuntimeError(f"the model could not score this request: {exc!r}")
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
 
 
 def _settle(pending: _Pending) -> None:

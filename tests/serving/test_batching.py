@@ -222,3 +222,61 @@ async def test_a_cancelled_caller_does_not_break_the_batch(scorer: Predictor) ->
     for index in (0, 1, 2, 4, 5):
         pd.testing.assert_frame_equal(results[index], _expected(frames[index]))
     await batcher.close()
+
+
+class Unsliceable(keel.models.PythonModel):
+    """Answers a dict as long as its input: right length, but rows cannot be sliced from it."""
+
+    def predict(self, context: Any, model_input: Any) -> Any:
+        time.sleep(0.003)
+        return dict.fromkeys(range(len(model_input)), 1.0)
+
+
+class Exits(keel.models.PythonModel):
+    """Raises SystemExit (a BaseException, past ``except Exception``) on an age above 0.1."""
+
+    def predict(self, context: Any, model_input: Any) -> Any:
+        time.sleep(0.003)
+        if (model_input["age"] > 0.1).any():
+            raise SystemExit(3)
+        return model_input["age"].to_numpy()
+
+
+def _load(model: keel.models.PythonModel) -> Predictor:
+    X, _ = diabetes()
+    with keel.start_run():
+        logged = keel.models.log_model(model, input_example=X.head(3))
+    return keel.models.load(logged.uri)
+
+
+async def test_an_answer_that_cannot_be_split_is_scored_per_request_and_nobody_hangs(
+    home: Path,
+) -> None:
+    batcher = MicroBatcher(_load(Unsliceable()))
+    frames = _requests([2, 1, 3, 1] * 3)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(batcher.predict(frame) for frame in frames)), 30
+    )
+    assert [len(answer) for answer in answers] == [len(frame) for frame in frames]
+    assert batcher.stats.retries >= 1
+    await asyncio.wait_for(batcher.close(), 30)
+
+
+async def test_a_model_raising_past_exception_fails_its_callers_and_the_scorer_goes_on(
+    home: Path,
+) -> None:
+    X, _ = diabetes()
+    batcher = MicroBatcher(_load(Exits()))
+    bad = X[X["age"] > 0.1].head(1).reset_index(drop=True)
+    good = X[X["age"] <= 0.1].head(4).reset_index(drop=True)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.predict(frame) for frame in [good.head(1), bad, good.tail(2)]),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    assert any(isinstance(result, RuntimeError) for result in results)
+    again = await asyncio.wait_for(batcher.predict(good), 30)  # the scorer still works
+    np.testing.assert_allclose(again, good["age"].to_numpy())
+    await asyncio.wait_for(batcher.close(), 30)
