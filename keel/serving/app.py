@@ -478,12 +478,21 @@ def _as_keel_error(exc: Exception) -> KeelError:
 
 
 def _encode(request_id: str, predictions: Any, accept: str) -> tuple[bytes, str]:
-    if accept == CSV:
-        return predictions_csv(predictions), CSV
-    if accept in (ARROW_STREAM, ARROW_FILE):
-        return predictions_arrow(predictions, file_format=accept == ARROW_FILE), accept
-    body = {"request_id": request_id, "predictions": predictions_json(predictions)}
-    return orjson.dumps(body), JSON
+    """The answer's body; an answer that cannot be written is the model's fault, not the
+    caller's (a 500 naming it, never a 422)."""
+    try:
+        if accept == CSV:
+            return predictions_csv(predictions), CSV
+        if accept in (ARROW_STREAM, ARROW_FILE):
+            return predictions_arrow(predictions, file_format=accept == ARROW_FILE), accept
+        body = {"request_id": request_id, "predictions": predictions_json(predictions)}
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+    except KeelError:
+        raise
+    except Exception as exc:
+        raise KeelError(
+            f"the model's answer cannot be written as {accept}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _headers(request_id: str, arm: Arm) -> dict[str, str]:

@@ -347,3 +347,35 @@ async def test_a_local_model_folder_is_served(
     assert answer.status_code == 200, answer.text
     np.testing.assert_allclose(answer.json()["predictions"], served[0].raw.predict(rows))
     assert (meta["deployment"], meta["name"], meta["digest"]) == ("default", None, served[0].digest)
+
+
+class ListOfNumpy(keel.models.PythonModel):
+    """Answers a plain list of numpy scalars (int64), as ``list(model.predict(X))`` does; with
+    ``fail`` set, objects JSON cannot write for more rows than the 3-row example it is logged
+    with."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def predict(self, context: Any, model_input: Any) -> Any:
+        if self.fail and len(model_input) > 3:
+            return [object() for _ in range(len(model_input))]
+        return list((model_input["age"] > 0).to_numpy(dtype=np.int64))
+
+
+async def test_numpy_scalars_in_an_answer_are_written_and_an_unwritable_answer_is_a_500(
+    home: Path,
+) -> None:
+    X, _ = diabetes()
+    rows = X.head(6)
+    for fail, status in [(False, 200), (True, 500)]:
+        with keel.start_run():
+            logged = keel.models.log_model(ListOfNumpy(fail), input_example=X.head(3))
+        app = create_scoring_app(keel.models.load(logged.uri))
+        async with running(app) as client:
+            answer = await client.post("/predict", json={"columns": rows.to_dict(orient="list")})
+        assert answer.status_code == status, answer.text
+        if fail:  # the model's fault, not the caller's: never a 422
+            assert answer.json()["error"] == "internal"
+        else:
+            assert answer.json()["predictions"] == [int(age > 0) for age in rows["age"]]
