@@ -203,6 +203,14 @@ def frame_from_arrow(body: bytes) -> pd.DataFrame:
         ) from None
     if table.num_rows == 0:
         raise InvalidInput("the Arrow body holds no rows", field="body")
+    names = table.column_names
+    if len(set(names)) != len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise InvalidInput(
+            f"the Arrow body has columns named more than once: {', '.join(map(repr, twice))}",
+            field=f"columns.{twice[0]}",
+            column=twice[0],
+        )
     return table.to_pandas()
 
 

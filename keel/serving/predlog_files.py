@@ -8,6 +8,7 @@ differ (other model versions) are unified when read.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -54,6 +55,7 @@ FEEDBACK_COLUMNS = ("request_id", "row", "time", "deployment", "label")
 """The columns of a feedback (label) row."""
 
 HOUR_MS = 3_600_000
+logger = logging.getLogger("keel.serving.predlog")  # the writer's own
 
 ROWS = 10
 """Where a buffered prediction keeps its row count. A buffered prediction is the tuple
@@ -138,9 +140,38 @@ def table_of(kind: str, batch: list[tuple[Any, ...]], deployment: str) -> pa.Tab
             columns = names.get(id(index))
             if columns is None:
                 columns = names[id(index)] = ("frame", _names(index))
-        groups[(columns, hasattr(outputs, "columns"))].append(entry)
-    table = _concat([_group_table(group, deployment) for group in groups.values()])
-    return table.sort_by("time")  # stable: a request's rows stay in order
+        produced = _names(outputs.columns) if hasattr(outputs, "columns") else None
+        groups[(columns, produced)].append(entry)
+    tables = []
+    for group in groups.values():  # one group that cannot be converted costs no other
+        try:
+            tables.append(_unique_table(group, deployment))
+        except Exception:
+            tables.extend(_entry_table(entry, deployment) for entry in group)
+    return _concat(tables).sort_by("time")  # stable: a request's rows stay in order
+
+
+def _entry_table(entry: tuple[Any, ...], deployment: str) -> pa.Table:
+    """One entry alone; when even that fails, without its inputs, then without its outputs,
+    so the request's row (id, time, arm, latency, error) is still logged."""
+    try:
+        return _unique_table([entry], deployment)
+    except Exception:
+        logger.warning("prediction log %s: inputs of request %s not logged", deployment, entry[0])
+    try:
+        return _unique_table([(*entry[:6], None, *entry[7:])], deployment)
+    except Exception:
+        logger.warning("prediction log %s: outputs of request %s not logged", deployment, entry[0])
+    return _unique_table([(*entry[:6], None, None, *entry[8:])], deployment)
+
+
+def _unique_table(entries: list[tuple[Any, ...]], deployment: str) -> pa.Table:
+    """:func:`_group_table`, refusing a table with a column twice (it could not be merged with
+    the others, and would cost the whole flush)."""
+    table = _group_table(entries, deployment)
+    if len(set(table.column_names)) != table.num_columns:
+        raise ValueError("a column is named twice")
+    return table
 
 
 def _names(index: Any) -> tuple[Any, ...]:

@@ -154,3 +154,14 @@ def test_predictions_as_csv_and_arrow() -> None:
 )
 def test_response_type_follows_accept(accept: str | None, kind: str) -> None:
     assert response_type(accept) == kind
+
+
+def test_an_arrow_body_with_a_column_twice_is_a_422_naming_it() -> None:
+    table = pa.table([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])], names=["a", "b", "a"])
+    sink = pa.BufferOutputStream()
+    with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(InvalidInput) as caught:
+        frame_from_arrow(bytes(sink.getvalue()))
+    assert "named more than once: 'a'" in caught.value.message
+    assert caught.value.context["column"] == "a"

@@ -609,3 +609,32 @@ def test_log_does_no_heavy_work_on_the_callers_thread(tmp_path: Path) -> None:
         log.close()
     assert statistics.median(took) < 0.001, statistics.median(took)
     assert log.stats()["written"] == 100_000
+
+
+def test_outputs_of_other_shapes_and_a_bad_frame_cost_no_other_row(tmp_path: Path) -> None:
+    """A shadow answering one more class than the primary, and a frame with a column twice, in
+    one flush: every row is written, each output under its own names."""
+    log = PredictionLog(str(tmp_path), "churn", flush_seconds=3600)
+    inputs = pd.DataFrame({"age": [0.1, 0.2], "bmi": [0.3, 0.4]})
+    two = pd.DataFrame({"p0": [0.3, 0.4], "p1": [0.7, 0.6]})
+    three = pd.DataFrame({"p0": [0.2, 0.1], "p1": [0.5, 0.6], "p2": [0.3, 0.3]})
+    named = pd.DataFrame({"label": [1.0, 0.0], "score": [0.9, 0.8]})
+    twice = pd.DataFrame([[1.0, 2.0]], columns=["age", "age"])
+    at = 1_790_000_000_000
+    _log(log, "r1", at, inputs, outputs=two, arm="churn/1")
+    _log(log, "r1", at, inputs, outputs=three, arm="churn/2", role="shadow")
+    _log(log, "r1", at, inputs, outputs=named, arm="churn/3", role="shadow")
+    _log(log, "r2", at + 1, twice, outputs=None, error="schema_mismatch: age twice")
+    log.close()
+    assert log.stats()["dropped"] == 0
+    read = read_predictions(str(tmp_path), "churn").set_index(["arm", "row"])
+    assert read.loc[("churn/1", 1), ["output.p0", "output.p1"]].tolist() == [0.4, 0.6]
+    assert read.loc[("churn/2", 0), ["output.p0", "output.p1", "output.p2"]].tolist() == [
+        0.2,
+        0.5,
+        0.3,
+    ]
+    assert read.loc[("churn/3", 0), ["output.label", "output.score"]].tolist() == [1.0, 0.9]
+    assert pd.isna(read.loc[("churn/3", 0), "output.p0"])  # not written under p0
+    refused = read[read["request_id"] == "r2"]
+    assert len(refused) == 1 and refused["error"].iloc[0].startswith("schema_mismatch")
