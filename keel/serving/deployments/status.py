@@ -99,19 +99,27 @@ def parse_since(text: str, *, now: int | None = None) -> int:
     """
     now = now_ms() if now is None else now
     found = _SINCE.match(text.strip()) if isinstance(text, str) else None
-    if found:
-        return now - int(float(found.group(1)) * _UNIT_MS[found.group(2)])
     try:
-        at = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
+        if found:
+            at_ms = now - int(float(found.group(1)) * _UNIT_MS[found.group(2)])
+        else:
+            at = datetime.fromisoformat(text)
+            if at.tzinfo is None:
+                at = at.astimezone()  # local time, as a person types it
+            at_ms = int(at.timestamp() * 1000)
+    except (TypeError, ValueError, OverflowError, OSError):
         raise InvalidInput(
             f"--since takes a duration (30m, 1h, 2d, 1w) or an ISO time "
             f"(2026-11-22T10:00), not {text!r}",
             since=text,
         ) from None
-    if at.tzinfo is None:
-        at = at.astimezone()  # local time, as a person types it
-    return int(at.timestamp() * 1000)
+    if not 0 <= at_ms <= now:
+        raise InvalidInput(
+            f"--since {text} is {'before 1970' if at_ms < 0 else 'in the future'}: give a time "
+            "between the epoch and now",
+            since=text,
+        )
+    return at_ms
 
 
 def status(

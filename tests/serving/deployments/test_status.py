@@ -186,3 +186,8 @@ def test_parse_since() -> None:
     for bad in ("yesterday", "1y", ""):
         with pytest.raises(InvalidInput, match="--since takes a duration"):
             parse_since(bad)
+    for out_of_range in ("99999999999d", "9" * 400 + "w", "1969-12-31T00:00:00+00:00"):
+        with pytest.raises(InvalidInput, match=r"before 1970|--since takes a duration"):
+            parse_since(out_of_range)
+    with pytest.raises(InvalidInput, match="in the future"):
+        parse_since("2999-01-01T00:00:00+00:00")
