@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 
 from keel.auth.models import Role
-from keel.errors import InvalidInput, NotFound
+from keel.errors import Conflict, InvalidInput, NotFound
 from keel.models.api import Registry
 from keel.models.models import ModelVersion
 from keel.models.uris import ModelsUri, parse_version_ref
@@ -221,9 +221,17 @@ class Deployments:
                 moved, as_ref = done, alias
             else:
                 request = done
-        deployment = self._change(
-            name, "promote", lambda latest: latest.config.promoted(ref, as_ref=as_ref), note
-        )
+
+        def build(latest: Deployment) -> DeploymentConfig:
+            if latest.config.canary(arm) != ref:  # changed since it was read: do not guess
+                raise Conflict(
+                    f"deployment {name} changed while {ref} was being promoted (now "
+                    f"revision {latest.revision}); look at it again (keel deploy show {name})",
+                    name=name,
+                )
+            return latest.config.promoted(ref, as_ref=as_ref)
+
+        deployment = self._change(name, "promote", build, note)
         return Promotion(
             deployment=deployment,
             promoted=ref,

@@ -262,6 +262,12 @@ class DeploymentConfig(BaseModel):
             )
         shares = _shares(left, [arm.weight for arm in others])
         kept = {arm.ref: share for arm, share in zip(others, shares, strict=True)}
+        vanished = [arm.ref for arm, share in zip(others, shares, strict=True) if share <= 0]
+        if vanished:
+            raise InvalidInput(
+                f"{', '.join(vanished)} would round to 0% of what is left ({left:g}%): give "
+                "each arm its weight explicitly (or 0% to remove it)",
+            )
         current = [arm.ref for arm in self.primaries]
         order = current + [ref for ref in named if ref not in current]
         merged = {**kept, **named}

@@ -310,3 +310,31 @@ def test_racing_writers_lose_no_update(registered: Registered, settings: Setting
     assert sorted(r.actor for r in history[1:]) == sorted(f"writer-{n}" for n in range(1, 9))
     # each revision holds one more shadow than the one before: none built on a stale one
     assert [len(r.config.shadows) for r in history] == list(range(9))
+
+
+def test_a_share_that_would_round_to_nothing_is_refused_not_dropped() -> None:
+    config = DeploymentConfig.of("diabetes@champion", canaries={"diabetes@tiny": 0.01})
+    with pytest.raises(InvalidInput, match="diabetes@tiny would round to 0%"):
+        config.with_traffic({"diabetes/3": 50})
+
+
+def test_promote_refuses_a_deployment_changed_since_it_chose_the_canary(
+    registered: Registered, settings: Settings
+) -> None:
+    """Another writer swaps the canary between promote's read and its write: promote says so
+    instead of promoting the arm the other writer removed."""
+    api.create(
+        "churn", "diabetes@champion", canaries={"diabetes@challenger": 10}, settings=settings
+    )
+
+    class Interleaved(Deployments):
+        def _version(self, ref: str):  # type: ignore[no-untyped-def]
+            found = super()._version(ref)
+            with Deployments(settings) as other:  # a real second writer, now
+                other.set_traffic("churn", {"diabetes@challenger": 0, "diabetes/3": 10})
+            return found
+
+    with Interleaved(settings) as deployments, pytest.raises(Conflict, match="changed while"):
+        deployments.promote("churn")
+    latest = api.get("churn", settings=settings)
+    assert latest.config.describe() == "diabetes@champion=90%, diabetes/3=10%"
