@@ -32,7 +32,12 @@ from starlette.routing import Route
 from keel.errors import InvalidInput, KeelError
 from keel.models.loading import Predictor
 from keel.models.models import ModelVersion
-from keel.serving.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_WAIT_MS, MicroBatcher
+from keel.serving.batching import (
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_WAIT_MS,
+    BatcherClosed,
+    MicroBatcher,
+)
 from keel.serving.bodies import (
     ARROW_FILE,
     ARROW_STREAM,
@@ -347,6 +352,9 @@ class ScoringService:
         started = time.perf_counter()
         try:
             outputs, error = await batcher.predict(frame), None
+        except BatcherClosed:  # retired by a plan swap after its request read the old plan
+            self.metrics.shadow(deployment, arm.label, "skipped")
+            return
         except Exception as exc:  # a shadow never fails anything but its own log row
             outputs, error = None, f"{type(exc).__name__}: {exc}"
         self.metrics.shadow(deployment, arm.label, "scored" if error is None else "failed")

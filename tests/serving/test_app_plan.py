@@ -269,3 +269,26 @@ async def test_a_model_that_fails_is_a_500_and_one_that_refuses_a_422(
     assert 'arm="diabetes/4",deployment="diabetes",error="internal"} 1.0' in metrics
     assert 'arm="diabetes/2",deployment="diabetes",error="model_refused"} 1.0' in metrics
     assert 'keel_requests_total{arm="diabetes/4",code="5xx",deployment="diabetes"} 1.0' in metrics
+
+
+async def test_a_shadow_retired_while_its_request_ran_is_skipped_not_failed(
+    arms: dict[str, Any],
+) -> None:
+    def arm(key: str, weight: float, shadow: bool = False) -> Arm:
+        predictor, version = arms[key]
+        ref = f"diabetes/{version.version}"
+        return Arm(ref=ref, predictor=predictor, version=version, weight=weight, shadow=shadow)
+
+    with_shadow = ServingPlan("diabetes", (arm("slow", 100), arm("linear", 0, shadow=True)))
+    without = ServingPlan("diabetes", (arm("slow", 100),), revision=5)
+    app = _app(arms, with_shadow)
+    X, _ = diabetes()
+    async with running(app) as client:
+        asked = asyncio.create_task(client.post("/predict", json=_body(X.head(1))))
+        await asyncio.sleep(0.3)  # the request read the plan with the shadow; the slow arm runs
+        app.state.service.swap(without)  # the shadow's batcher retires now
+        answer = await asked
+        assert answer.status_code == 200, answer.text
+    metrics = app.state.service.metrics.exposition().decode()
+    assert 'arm="diabetes/2",deployment="diabetes",outcome="skipped"} 1.0' in metrics
+    assert 'outcome="failed"' not in metrics
