@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 from keel.artifacts import ArtifactStore, hash_file, walk_files
 from keel.artifacts.models import manifest_bytes
+from keel.closing import Closing
 from keel.data.models import (
     AddResult,
     CheckoutResult,
@@ -73,7 +73,7 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while files are hashed and stored (from threads)."""
 
 
-class Workspace:
+class Workspace(Closing):
     """Data versioning in the current folder against the store and stat cache of ``settings``.
 
     Use it as a context manager (it holds the stat cache's SQLite connection), or call the
@@ -98,17 +98,6 @@ class Workspace:
             busy_timeout=self.settings.sqlite_busy_timeout,
         )
         self.locks = self.settings.home_path / LOCKS_FOLDER
-
-    def __enter__(self) -> Workspace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the stat cache."""

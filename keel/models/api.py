@@ -18,13 +18,13 @@ for now and refuse a tracking server with :class:`~keel.errors.InvalidInput`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from types import TracebackType
 
 from pydantic import ValidationError
 
 from keel.artifacts import ArtifactStore
 from keel.artifacts.models import manifest_bytes
 from keel.auth.models import Role
+from keel.closing import Closing
 from keel.errors import InvalidInput, NotFound, StorageError
 from keel.models import tracing
 from keel.models.compare import ModelDiff
@@ -82,7 +82,7 @@ __all__ = [
 MAX_TAG_KEY = 250
 
 
-class Registry(RegistryGovernance):
+class Registry(Closing, RegistryGovernance):
     """The model registry over one store and database.
 
     Args:
@@ -120,17 +120,6 @@ class Registry(RegistryGovernance):
         self.store = GovernanceStore(self._engine)
         self._client: Client | None = None
         self._artifacts: ArtifactStore | None = None
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the database connections (and the tracking client, if one was opened)."""

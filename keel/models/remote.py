@@ -18,13 +18,13 @@ artifact store by the version's digest, which a remote caller does not have.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from keel.closing import Closing
 from keel.errors import InvalidInput
 from keel.models.compare import ModelDiff
 from keel.models.governance_models import AliasRequest, ModelCard, Policy
@@ -60,7 +60,7 @@ def _segment(text: str) -> str:
     return quote(text, safe="")
 
 
-class RemoteRegistry:
+class RemoteRegistry(Closing):
     """The model registry of the keel server ``settings.tracking_uri`` names.
 
     Args:
@@ -86,17 +86,6 @@ class RemoteRegistry:
 
     def __repr__(self) -> str:
         return f"<RemoteRegistry {self._api.base_url}>"
-
-    def __enter__(self) -> RemoteRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from keel.closing import Closing
 from keel.errors import InvalidInput, KeelError, MissingExtra
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def wait_reply(
     return replies.wait(request_id, timeout)
 
 
-class BrokerClient:
+class BrokerClient(Closing):
     """Submit many requests and collect their replies on one connection and one private
     reply stream (deleted by :meth:`close`).
 
@@ -268,12 +269,6 @@ class BrokerClient:
         """Delete this client's reply stream and close the connection."""
         self.redis.delete(self.reply_to)
         self.redis.close()
-
-    def __enter__(self) -> BrokerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass

@@ -17,9 +17,9 @@ instead (:func:`deployments_for`), as :func:`keel.models.api.registry_for` does.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from types import TracebackType
 
 from keel.auth.models import Role
+from keel.closing import Closing
 from keel.errors import Conflict, InvalidInput, NotFound
 from keel.models.api import Registry
 from keel.models.models import ModelVersion
@@ -59,7 +59,7 @@ ATTEMPTS = 8
 _MLFLOW_FLAVOR = "mlflow"
 
 
-class Deployments:
+class Deployments(Closing):
     """Deployments over one database, checked against its model registry.
 
     Args:
@@ -99,17 +99,6 @@ class Deployments:
         self.store = DeploymentStore(self._engine)
         self._registry: Registry | None = None
         self._owns_registry = True
-
-    def __enter__(self) -> Deployments:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the database connections (and the registry's, if this opened it)."""

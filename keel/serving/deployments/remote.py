@@ -10,12 +10,12 @@ two callers). Changes are not retried once sent: a retry could append a second r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
+from keel.closing import Closing
 from keel.errors import InvalidInput
 from keel.models.wire import ACTOR_HEADER
 from keel.serving.deployments.models import (
@@ -42,7 +42,7 @@ __all__ = ["RemoteDeployments"]
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
-class RemoteDeployments:
+class RemoteDeployments(Closing):
     """The deployments of the keel server ``settings.tracking_uri`` names.
 
     Args:
@@ -68,17 +68,6 @@ class RemoteDeployments:
 
     def __repr__(self) -> str:
         return f"<RemoteDeployments {self._api.base_url}>"
-
-    def __enter__(self) -> RemoteDeployments:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -5,6 +5,8 @@ process rebuilds it from."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,22 @@ from keel.serving.deployments.source import DeploymentSource, source_from_spec
 from keel.serving.plan import ServingPlan
 from keel.settings import Settings
 from tests.serving.deployments.conftest import Registered
+
+_OPEN: list[Any] = []
+
+
+def _opened(source: Any) -> Any:
+    """``source``, closed when the test ends (each holds database engines: left open, a session
+    of tests exhausts PostgreSQL's connections)."""
+    _OPEN.append(source)
+    return source
+
+
+@pytest.fixture(autouse=True)
+def _close_sources() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def _by_label(plan: ServingPlan) -> dict[str, object]:
@@ -32,7 +50,7 @@ def test_load_builds_the_plan_of_the_current_revision(
         shadows=["diabetes/3"],
         settings=settings,
     )
-    source = DeploymentSource("churn", interval=0.5, settings=settings)
+    source = _opened(DeploymentSource("churn", interval=0.5, settings=settings))
     plan = source.load()
     assert (plan.deployment, plan.revision) == ("churn", 1)
     assert [(a.ref, a.label, a.weight, a.shadow) for a in plan.arms] == [
@@ -64,7 +82,7 @@ def test_poll_notices_a_new_revision_and_reuses_what_is_loaded(
     api.create(
         "churn", "diabetes@champion", canaries={"diabetes@challenger": 10}, settings=settings
     )
-    source = DeploymentSource("churn", settings=settings)
+    source = _opened(DeploymentSource("churn", settings=settings))
     plan = source.load()
     assert source.poll(plan) is None
 
@@ -87,7 +105,7 @@ def test_poll_notices_an_alias_that_moved(registered: Registered, settings: Sett
     api.create(
         "churn", "diabetes@champion", canaries={"diabetes@challenger": 10}, settings=settings
     )
-    source = DeploymentSource("churn", settings=settings)
+    source = _opened(DeploymentSource("churn", settings=settings))
     plan = source.load()
     registry.set_alias("diabetes", "challenger", 3, settings=settings)
     moved = source.poll(plan)
@@ -106,7 +124,7 @@ def test_poll_raises_when_the_deployment_cannot_be_served(
     registered: Registered, settings: Settings
 ) -> None:
     api.create("churn", "diabetes@challenger", settings=settings)
-    source = DeploymentSource("churn", settings=settings)
+    source = _opened(DeploymentSource("churn", settings=settings))
     plan = source.load()
     registry.delete_alias("diabetes", "challenger", settings=settings)
     with pytest.raises(NotFound, match="no alias 'challenger'"):
@@ -115,11 +133,11 @@ def test_poll_raises_when_the_deployment_cannot_be_served(
     with pytest.raises(NotFound, match="no deployment named 'churn'"):
         source.poll(plan)
     with pytest.raises(NotFound, match="no deployment named 'other'"):
-        DeploymentSource("other", settings=settings).load()
+        _opened(DeploymentSource("other", settings=settings)).load()
 
 
 def test_a_spec_rebuilds_the_source_and_bad_ones_are_refused() -> None:
-    rebuilt = source_from_spec({"kind": "deployment", "name": "churn", "interval": 2.0})
+    rebuilt = _opened(source_from_spec({"kind": "deployment", "name": "churn", "interval": 2.0}))
     assert (rebuilt.name, rebuilt.interval, rebuilt.settings) == ("churn", 2.0, None)
     for spec in ({"kind": "model", "uri": "models:/x/1"}, {"kind": "deployment"}, None):
         with pytest.raises(InvalidInput, match="not a deployment source"):
