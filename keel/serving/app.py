@@ -43,6 +43,7 @@ from keel.serving.bodies import (
     ARROW_STREAM,
     CSV,
     JSON,
+    dumps,
     frame_from_body,
     predictions_arrow,
     predictions_csv,
@@ -494,7 +495,7 @@ def _encode(request_id: str, predictions: Any, accept: str) -> tuple[bytes, str]
         if accept in (ARROW_STREAM, ARROW_FILE):
             return predictions_arrow(predictions, file_format=accept == ARROW_FILE), accept
         body = {"request_id": request_id, "predictions": predictions_json(predictions)}
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), JSON
+        return dumps(body), JSON
     except KeelError:
         raise
     except Exception as exc:

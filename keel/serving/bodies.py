@@ -31,6 +31,7 @@ __all__ = [
     "CSV",
     "JSON",
     "UnsupportedMediaType",
+    "dumps",
     "frame_from_arrow",
     "frame_from_body",
     "frame_from_csv",
@@ -266,6 +267,12 @@ def _record_mismatch(index: int, record: Any, keys: Any) -> str:
     parts = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
     parts += [f"has {', '.join(map(repr, extra))} that record 0 has not"] if extra else []
     return f"record {index} {' and '.join(parts)}: every record needs the same fields"
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as JSON bytes, numpy arrays and scalars included (a model's plain list of
+    ``numpy.int64`` is written as numbers): how answers and replies are written."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def predictions_json(predictions: Any) -> list[Any]:

@@ -35,7 +35,7 @@ import orjson
 from keel.errors import InvalidInput, KeelError
 from keel.models.loading import Predictor
 from keel.models.models import ModelVersion
-from keel.serving.bodies import frame_from_body, predictions_json
+from keel.serving.bodies import dumps, frame_from_body, predictions_json
 from keel.serving.sources import load_for_serving
 from keel.serving.worker_client import (
     BrokerClient,
@@ -561,7 +561,7 @@ class Worker:
     def _reply_fields(self, request: _Request) -> list[Any]:
         fields: list[Any] = ["id", request.request_id, "entry", request.entry]
         if request.error is None:
-            fields += ["status", "ok", "predictions", _dumps(request.predictions)]
+            fields += ["status", "ok", "predictions", dumps(request.predictions)]
         else:
             fields += ["status", "error", "error", orjson.dumps(request.error.to_dict())]
         fields += ["model", self.model, "digest", self.predictor.digest]
@@ -748,8 +748,3 @@ def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _dumps(predictions: Any) -> bytes:
-    """Predictions as JSON; numpy scalars a model returned in a plain list are written too."""
-    return orjson.dumps(predictions, option=orjson.OPT_SERIALIZE_NUMPY)
