@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -37,14 +37,17 @@ from keel.auth.models import Principal, Role
 from keel.errors import PermissionDenied
 from keel.models.api import Registry
 from keel.models.wire import ACTOR_HEADER
+from keel.settings import Settings
 from keel.tracking.service import TrackingService, service_of
 
 __all__ = [
     "ReaderDep",
     "WriterDep",
+    "close_opened",
     "close_registry",
     "lifespan",
     "note",
+    "opened_once",
     "reader",
     "shared_registry",
     "tracking_of",
@@ -53,34 +56,51 @@ __all__ = [
 
 UNKNOWN_ACTOR = "unknown"
 _OPENING = threading.Lock()
+T = TypeVar("T")
 
 
-def shared_registry(app: FastAPI) -> Registry:
-    """The app's one registry, opened on first use (a server is local to its database: a
-    ``KEEL_TRACKING_URI`` in the server's own environment does not apply to it)."""
-    registry: Registry | None = getattr(app.state, "model_registry", None)
-    if registry is not None:
-        return registry
+def opened_once(app: FastAPI, name: str, open_: Callable[[Settings], T]) -> T:
+    """``app.state.<name>``, made by ``open_`` on first use, once however many requests race
+    to it, on the server's own database (a ``KEEL_TRACKING_URI`` in the server's own
+    environment does not apply to it)."""
+    found: T | None = getattr(app.state, name, None)
+    if found is not None:
+        return found
     with _OPENING:
-        registry = getattr(app.state, "model_registry", None)
-        if registry is None:
+        found = getattr(app.state, name, None)
+        if found is None:
             settings = app.state.settings
             if settings.tracking_uri:
                 settings = settings.replace(tracking_uri=None)
-            registry = Registry(settings, actor=UNKNOWN_ACTOR)
-            # opened here, once: every request's view shares them (see _view)
-            registry.client  # noqa: B018
-            registry.artifacts  # noqa: B018
-            app.state.model_registry = registry
+            found = open_(settings)
+            setattr(app.state, name, found)
+    return found
+
+
+def close_opened(app: FastAPI, name: str) -> None:
+    """Close ``app.state.<name>`` if :func:`opened_once` opened it."""
+    found = getattr(app.state, name, None)
+    if found is not None:
+        setattr(app.state, name, None)
+        found.close()
+
+
+def shared_registry(app: FastAPI) -> Registry:
+    """The app's one registry, opened on first use (see :func:`opened_once`)."""
+    return opened_once(app, "model_registry", _open_registry)
+
+
+def _open_registry(settings: Settings) -> Registry:
+    registry = Registry(settings, actor=UNKNOWN_ACTOR)
+    # opened here, once: every request's view shares them (see _view)
+    registry.client  # noqa: B018
+    registry.artifacts  # noqa: B018
     return registry
 
 
 def close_registry(app: FastAPI) -> None:
     """Close the app's registry if a request opened it."""
-    registry: Registry | None = getattr(app.state, "model_registry", None)
-    if registry is not None:
-        app.state.model_registry = None
-        registry.close()
+    close_opened(app, "model_registry")
 
 
 @asynccontextmanager

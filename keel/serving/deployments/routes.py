@@ -15,7 +15,6 @@ returned in the answer). Without ``--auth`` the actor is the ``Keel-User`` heade
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -44,33 +43,19 @@ from keel.tracking.models import ErrorBody
 
 __all__ = ["router"]
 
-_OPENING = threading.Lock()
-
 
 def _shared(app: FastAPI) -> Deployments:
     """The app's one :class:`Deployments`, opened on first use on the server's own database."""
-    found: Deployments | None = getattr(app.state, "deployments", None)
-    if found is not None:
-        return found
-    with _OPENING:
-        found = getattr(app.state, "deployments", None)
-        if found is None:
-            settings = app.state.settings
-            if settings.tracking_uri:
-                settings = settings.replace(tracking_uri=None)
-            found = Deployments(settings, actor=routing.UNKNOWN_ACTOR)
-            app.state.deployments = found
-    return found
+    return routing.opened_once(
+        app, "deployments", lambda settings: Deployments(settings, actor=routing.UNKNOWN_ACTOR)
+    )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Closes the deployments' connections when the server stops."""
     yield
-    found: Deployments | None = getattr(app.state, "deployments", None)
-    if found is not None:
-        app.state.deployments = None
-        found.close()
+    routing.close_opened(app, "deployments")
 
 
 ClaimedUser = Annotated[
